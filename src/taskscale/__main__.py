@@ -1,0 +1,3 @@
+from taskscale.cli import run
+
+run()

@@ -1,0 +1,36 @@
+"""Options and helpers shared by the command modules (Annotated types: use as `x: JsonFlag`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from taskscale.config import Project, load_project
+
+
+@dataclass
+class _State:
+    verbose: bool = False
+
+
+state = _State()
+
+ProjectDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        "-p",
+        help="Project directory (default: the current directory or the nearest parent with "
+        "taskscale.toml).",
+        file_okay=False,
+    ),
+]
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def project_from(path: Path | None) -> Project:
+    return load_project(path)

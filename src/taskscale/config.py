@@ -1,0 +1,183 @@
+"""Typed configuration: ``taskscale.toml`` of a generated project, loaded once at the edge.
+
+Every model forbids unknown keys so a typo in the file is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from taskscale.errors import ConfigError, ProjectNotFound
+
+CONFIG_FILE = "taskscale.toml"
+STATE_DIR = ".taskscale"
+
+Broker = Literal["redis", "kafka"]
+
+# A DNS-1123 label that also maps cleanly onto a Python package name (dashes -> underscores):
+# lower-case letters, digits and single dashes, starting with a letter, at most 63 characters.
+_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){0,62}$")
+
+
+def check_project_name(name: str) -> str:
+    """Return ``name`` if it is a valid project name, else raise a one-line reason."""
+    from taskscale.errors import UsageError
+
+    if not _NAME_RE.fullmatch(name):
+        raise UsageError(
+            f"invalid project name {name!r}: use 1-63 lower-case letters, digits and single "
+            "dashes, starting with a letter and not ending with a dash (e.g. tasks-api)"
+        )
+    return name
+
+
+def package_name(name: str) -> str:
+    return name.replace("-", "_")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSection(_Model):
+    name: str
+    package: str
+    broker: Broker = "redis"
+    taskscale_version: str
+
+
+class PortsSection(_Model):
+    api: int = Field(8080, ge=1, le=65535, description="nginx: the public API port")
+    app_base: int = Field(8100, ge=1, le=65535, description="replica i listens on app_base + i")
+    postgres: int = Field(55432, ge=1, le=65535)
+    postgres_standby_base: int = Field(55440, ge=1, le=65535)
+    redis: int = Field(56379, ge=1, le=65535)
+    metrics: int = Field(9090, ge=1, le=65535)
+
+
+class ImagesSection(_Model):
+    app: str
+    worker: str
+
+
+class StackSection(_Model):
+    replicas: int = Field(3, ge=1)
+    max_replicas: int = Field(16, ge=1, le=64)
+    ready_timeout: float = Field(30.0, gt=0)
+    # Interpreter for the app; empty means: reuse taskscale's own when it satisfies the app's
+    # requirements, else create .taskscale/venv.
+    python: str = ""
+
+    @model_validator(mode="after")
+    def _replicas_within_max(self) -> StackSection:
+        if self.replicas > self.max_replicas:
+            raise ValueError(
+                f"replicas ({self.replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class PostgresSection(_Model):
+    binaries: Literal["auto", "wheel", "system"] = "auto"
+    database: str = "tasks"
+    user: str = "tasks"
+    pool_size: int = Field(10, ge=1, le=200)
+    max_connections: int = Field(200, ge=10)
+
+
+class CacheSection(_Model):
+    ttl_seconds: int = Field(60, ge=1)
+
+
+class LoadtestSection(_Model):
+    users: int = Field(50, ge=1)
+    spawn_rate: float = Field(25.0, gt=0)
+    duration: str = "30s"
+    scenario: str = "mixed"
+
+
+class ProjectConfig(_Model):
+    project: ProjectSection
+    ports: PortsSection = PortsSection()
+    images: ImagesSection
+    stack: StackSection = StackSection()
+    postgres: PostgresSection = PostgresSection()
+    cache: CacheSection = CacheSection()
+    loadtest: LoadtestSection = LoadtestSection()
+
+
+class Project:
+    """A generated project on disk: its root, its parsed config and its state directory."""
+
+    def __init__(self, root: Path, config: ProjectConfig) -> None:
+        self.root = root
+        self.config = config
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / ".env"
+
+    def secrets(self) -> dict[str, str]:
+        """The generated ``.env`` as a dict (never printed by taskscale)."""
+        return read_env_file(self.env_file)
+
+
+def find_project_root(start: Path) -> Path:
+    """The nearest directory at or above ``start`` holding taskscale.toml."""
+    start = start.resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ProjectNotFound(
+        f"not inside a taskscale project: no {CONFIG_FILE} in {start} or any parent",
+        hint="run `taskscale new NAME` first, or pass --project DIR",
+    )
+
+
+def load_project(start: Path | None = None) -> Project:
+    root = find_project_root(start or Path.cwd())
+    return Project(root, load_config(root / CONFIG_FILE))
+
+
+def load_config(path: Path) -> ProjectConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {where}: {first['msg']}{more}") from exc
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a simple KEY=VALUE .env file (comments and blank lines ignored)."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path} is missing: it holds the project's generated secrets",
+            hint="restore it from a backup, or copy .env.example and fill in new secrets",
+        ) from exc
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values

@@ -1,0 +1,193 @@
+"""Every external process goes through here: argv lists, a timeout always, output captured.
+
+``run`` waits for a command and raises ``CommandFailed`` (command, exit code, stderr tail) when it
+fails or times out. ``spawn`` starts a long-running service detached from our process group with
+its output appended to a log file. ``wait_until`` is the only way to wait for readiness.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskscale.errors import CommandFailed, MissingBinary, ServiceNotReady
+
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _display(argv: Sequence[str]) -> str:
+    return shlex.join(str(a) for a in argv)
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    input_text: str | None = None,
+) -> Completed:
+    """Run ``argv`` to completion within ``timeout`` seconds and return its captured output."""
+    args = [os.fspath(a) for a in argv]
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise MissingBinary(f"program not found: {args[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        raise CommandFailed(
+            f"timed out after {timeout:g}s: {_display(args)}", detail=tail(stderr) or None
+        ) from exc
+    result = Completed(tuple(args), proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise CommandFailed(
+            f"command failed (exit {proc.returncode}): {_display(args)}",
+            detail=tail(proc.stderr or proc.stdout) or None,
+        )
+    return result
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log_path: Path,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start a service in its own session (it outlives us), output appended to ``log_path``.
+
+    Returns the pid. The child is reaped by init once we exit; while we live, callers stop it
+    through ``terminate``.
+    """
+    args = [os.fspath(a) for a in argv]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            child = subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except FileNotFoundError as exc:
+            raise MissingBinary(f"program not found: {args[0]}") from exc
+    _children[child.pid] = child
+    return child.pid
+
+
+# Popen objects of children we spawned in this process, so they can be reaped (no zombies
+# that would look alive to pid checks).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` is a running (not zombie) process."""
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in {"Z", "X"}
+
+
+def terminate(pid: int, *, timeout: float, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` to ``pid`` (and its process group if it leads one), wait, then SIGKILL.
+
+    Returns True when the process was running.
+    """
+    if not pid_alive(pid):
+        _children.pop(pid, None)
+        return False
+    _signal(pid, sig)
+    if not wait_for_exit(pid, timeout):
+        _signal(pid, signal.SIGKILL)
+        wait_for_exit(pid, 5.0)
+    _children.pop(pid, None)
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    return poll_until(lambda: not pid_alive(pid), timeout)
+
+
+def poll_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Call ``check`` until it returns True or ``timeout`` passes; return its last verdict.
+
+    The interval grows gently (x1.5, capped at 0.25 s) so fast checks answer fast.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(interval, deadline - now))
+        interval = min(interval * 1.5, 0.25)
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    log_path: Path | None = None,
+) -> None:
+    """Wait for ``check`` or raise ``ServiceNotReady`` naming ``what`` with its log tail."""
+    if poll_until(check, timeout):
+        return
+    detail = None
+    if log_path is not None and log_path.exists():
+        detail = tail(log_path.read_text(errors="replace"))
+    raise ServiceNotReady(f"{what} did not become ready within {timeout:g}s", detail=detail)

@@ -1,0 +1,99 @@
+"""The interface every target implements, and the typed results it returns.
+
+``replicate`` and ``loadtest`` talk to a stack only through ``Target``; the CLI renders the
+dataclasses below as tables or, with ``--json``, through ``to_dict``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ServiceKind = Literal["app", "lb", "postgres", "redis", "worker"]
+StepCallback = Callable[[str], None]
+
+
+def _no_steps(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    kind: ServiceKind
+    pid: int | None
+    port: int | None
+    healthy: bool
+    # running | dead | stopped: "dead" means we started it and it is gone (crash or kill).
+    state: str
+    uptime_seconds: float | None = None
+    log_tail: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    api: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    target: str
+    project: str
+    replicas: int
+    services: list[ServiceStatus]
+    endpoints: Endpoints
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return any(s.state == "running" for s in self.services)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.services) and all(s.healthy for s in self.services)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["endpoints"] = {"api": self.endpoints.api, **self.endpoints.extra}
+        data["healthy"] = self.healthy
+        return data
+
+
+@dataclass(frozen=True)
+class DownResult:
+    target: str
+    stopped: list[str]
+    purged: bool
+
+
+class Target(abc.ABC):
+    """One way of running a project's stack (local processes, docker compose, Kubernetes)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+        """Bring the stack to ``replicas`` app replicas, changing only what differs; wait ready."""
+
+    def scale(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+        """Change the replica count of a running stack without failing client requests."""
+        return self.up(replicas, on_step)
+
+    @abc.abstractmethod
+    def status(self) -> StackStatus:
+        """Every service with its health; never raises because a service is down."""
+
+    @abc.abstractmethod
+    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
+        """Log lines of one service (or all, prefixed by name); ``follow`` keeps yielding."""
+
+    @abc.abstractmethod
+    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
+        """Stop everything this target started; ``purge`` also deletes data. Safe to repeat."""
+
+    @abc.abstractmethod
+    def endpoints(self) -> Endpoints:
+        """Where clients reach the stack."""

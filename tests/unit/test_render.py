@@ -1,0 +1,104 @@
+"""Every option combination renders into a project whose files are valid: Python compiles and
+passes ruff, YAML and TOML parse, and taskscale.toml loads back into the typed config."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from taskscale.config import ProjectConfig, load_config
+from taskscale.scaffold import NewProjectSpec, create_project, render_tree, template_root
+from taskscale.scaffold.new import default_config, template_context
+
+BROKERS = ["redis", "kafka"]
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp(f"render-{request.param}")
+    result = create_project(
+        NewProjectSpec(name="tasks-api", output_dir=out, broker=request.param, git=False)
+    )
+    return result.path
+
+
+def test_every_template_is_rendered_or_copied(rendered: Path) -> None:
+    sources = {
+        p.relative_to(template_root()).as_posix().removesuffix(".jinja")
+        for p in template_root().rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    produced = {p.relative_to(rendered).as_posix() for p in rendered.rglob("*") if p.is_file()}
+    assert sources <= produced
+    assert not any(name.endswith(".jinja") for name in produced)
+
+
+def test_python_compiles(rendered: Path) -> None:
+    files = sorted(rendered.rglob("*.py"))
+    assert files, "the project has Python sources"
+    for path in files:
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
+def test_ruff_passes_on_output(rendered: Path) -> None:
+    ruff = shutil.which("ruff")
+    argv = [ruff] if ruff else [sys.executable, "-m", "ruff"]
+    proc = subprocess.run(
+        [*argv, "check", "--no-cache", "."],
+        cwd=rendered,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_yaml_and_toml_parse(rendered: Path) -> None:
+    yamls = [*rendered.rglob("*.yml"), *rendered.rglob("*.yaml")]
+    assert yamls, "the project has YAML files (CI workflow)"
+    for path in yamls:
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            assert document is not None, path
+    for path in rendered.rglob("*.toml"):
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(load_config(rendered / "taskscale.toml"), ProjectConfig)
+
+
+def test_config_round_trips(rendered: Path) -> None:
+    config = load_config(rendered / "taskscale.toml")
+    assert config == default_config("tasks-api", config.project.broker)
+
+
+def test_rendering_is_strict_about_undefined_variables(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.txt.jinja").write_text("{{ not_defined }}")
+    with pytest.raises(Exception, match="not_defined"):
+        render_tree(src, tmp_path / "out", {})
+    assert isinstance(jinja2.StrictUndefined, type)
+
+
+def test_plain_files_are_copied_verbatim(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("x = '{{ untouched }}'\n")
+    (src / "conf.txt.jinja").write_text("name={{ name }}\n")
+    written = render_tree(src, tmp_path / "out", {"name": "demo"})
+    assert sorted(p.as_posix() for p in written) == ["conf.txt", "pkg/mod.py"]
+    assert (tmp_path / "out" / "pkg" / "mod.py").read_text() == "x = '{{ untouched }}'\n"
+    assert (tmp_path / "out" / "conf.txt").read_text() == "name=demo\n"
+
+
+def test_context_has_what_templates_use() -> None:
+    context = template_context(default_config("demo", "kafka"))
+    assert context["package"] == "demo"
+    assert context["broker"] == "kafka"
+    assert context["ports"].api == 8080
