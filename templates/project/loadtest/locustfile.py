@@ -1,0 +1,183 @@
+"""Load test scenarios for the Task API.
+
+Pick the scenario with the environment variable ``TASKSCALE_SCENARIO``: ``read-heavy`` (default),
+``write-heavy`` or ``mixed``. Each is one user class (ReadHeavyUser, WriteHeavyUser, MixedUser)
+with its own task weights; only the selected one is active:
+
+    TASKSCALE_SCENARIO=mixed locust -f loadtest/locustfile.py --headless -u 100 -r 20 -t 60s \
+        --host http://127.0.0.1:8080
+
+Realistic hot set: at test start one user creates a pool of tasks (``TASKSCALE_POOL_SIZE``,
+default 500) shared by all users of the process; reads then pick ids with a Zipf-like skew
+(``TASKSCALE_ZIPF_S``, default 1.1), so a few tasks are very hot and most are cold, like real
+traffic. Requests are grouped by route (``GET /tasks/{id}``), not per id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+import random
+import threading
+import uuid
+from typing import Any, ClassVar
+
+from locust import FastHttpUser, between, events, task
+from locust.env import Environment
+
+SCENARIO = os.environ.get("TASKSCALE_SCENARIO", "read-heavy")
+POOL_SIZE = int(os.environ.get("TASKSCALE_POOL_SIZE", "500"))
+ZIPF_S = float(os.environ.get("TASKSCALE_ZIPF_S", "1.1"))
+STATUSES = ("pending", "in_progress", "done")
+
+
+class HotSet:
+    """Task ids shared by all users in this process, sampled with a Zipf-like distribution."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self._cumulative: list[float] = []
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+
+    def fill(self, ids: list[int]) -> None:
+        with self._lock:
+            self.ids = ids
+            weights = [1.0 / (rank**ZIPF_S) for rank in range(1, len(ids) + 1)]
+            self._cumulative = list(itertools.accumulate(weights))
+            self.ready.set()
+
+    def add(self, task_id: int) -> None:
+        with self._lock:
+            if self._cumulative and len(self.ids) < POOL_SIZE * 2:
+                self.ids.append(task_id)
+                self._cumulative.append(self._cumulative[-1] + 1.0 / (len(self.ids) ** ZIPF_S))
+
+    def pick(self) -> int | None:
+        if not self.ids:
+            return None
+        point = random.random() * self._cumulative[-1]
+        return self.ids[min(bisect.bisect_left(self._cumulative, point), len(self.ids) - 1)]
+
+
+HOT = HotSet()
+
+
+@events.test_start.add_listener  # type: ignore[untyped-decorator]
+def _reset(environment: Environment, **_kwargs: Any) -> None:
+    HOT.ready.clear()
+
+
+def _body(i: int) -> dict[str, str]:
+    return {"title": f"load task {i}", "description": "created by locust", "status": random.choice(STATUSES)}
+
+
+class TaskApiUser(FastHttpUser):
+    abstract = True
+    wait_time = between(0.0, 0.01)
+    _creator_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def on_start(self) -> None:
+        # The first user of the process builds the hot set; the others wait for it.
+        if self._creator_lock.acquire(blocking=False):
+            if not HOT.ready.is_set():
+                ids = []
+                for i in range(POOL_SIZE):
+                    response = self.client.post("/tasks/", json=_body(i), name="POST /tasks/ (setup)")
+                    if response.status_code == 201:
+                        ids.append(response.json()["id"])
+                random.shuffle(ids)  # hotness independent of creation order
+                HOT.fill(ids)
+        else:
+            HOT.ready.wait(timeout=120)
+
+    def read_one(self) -> None:
+        task_id = HOT.pick()
+        if task_id is not None:
+            self.client.get(f"/tasks/{task_id}", name="GET /tasks/{id}")
+
+    def list_page(self) -> None:
+        params = "?limit=20" if random.random() < 0.7 else f"?limit=20&status={random.choice(STATUSES)}"
+        self.client.get(f"/tasks/{params}", name="GET /tasks/")
+
+    def create(self) -> None:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        response = self.client.post("/tasks/", json=_body(0), headers=headers, name="POST /tasks/")
+        if response.status_code == 201:
+            HOT.add(response.json()["id"])
+
+    def update(self) -> None:
+        task_id = HOT.pick()
+        if task_id is not None:
+            self.client.patch(f"/tasks/{task_id}", json={"status": random.choice(STATUSES)}, name="PATCH /tasks/{id}")
+
+
+class ReadHeavyUser(TaskApiUser):
+    """95 % reads (mostly single tasks from the hot set), 5 % writes."""
+
+    @task(80)
+    def get_task(self) -> None:
+        self.read_one()
+
+    @task(15)
+    def get_list(self) -> None:
+        self.list_page()
+
+    @task(3)
+    def post_task(self) -> None:
+        self.create()
+
+    @task(2)
+    def patch_task(self) -> None:
+        self.update()
+
+
+class WriteHeavyUser(TaskApiUser):
+    """70 % writes (creates and updates), 30 % reads."""
+
+    @task(45)
+    def post_task(self) -> None:
+        self.create()
+
+    @task(25)
+    def patch_task(self) -> None:
+        self.update()
+
+    @task(30)
+    def get_task(self) -> None:
+        self.read_one()
+
+
+class MixedUser(TaskApiUser):
+    """Even-ish mix: 60 % reads, 40 % writes."""
+
+    @task(45)
+    def get_task(self) -> None:
+        self.read_one()
+
+    @task(15)
+    def get_list(self) -> None:
+        self.list_page()
+
+    @task(25)
+    def post_task(self) -> None:
+        self.create()
+
+    @task(15)
+    def patch_task(self) -> None:
+        self.update()
+
+
+_SCENARIOS: dict[str, type[TaskApiUser]] = {
+    "read-heavy": ReadHeavyUser,
+    "write-heavy": WriteHeavyUser,
+    "mixed": MixedUser,
+}
+if SCENARIO not in _SCENARIOS:
+    raise SystemExit(f"TASKSCALE_SCENARIO must be one of {', '.join(_SCENARIOS)}, not {SCENARIO!r}")
+
+# Only the selected scenario is concrete (locust runs every non-abstract User class it finds).
+for _scenario_name, _user_class in _SCENARIOS.items():
+    _user_class.abstract = _scenario_name != SCENARIO
+del _scenario_name, _user_class  # module-level names are scanned for User classes too

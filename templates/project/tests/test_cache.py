@@ -1,0 +1,203 @@
+"""Two-level cache: hits, invalidation on every write (also across instances), degradation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+
+from app.api.deps import Services
+from app.core.cache import cache_key
+from app.core.config import libpq_url
+from tests.conftest import AppFactory, client_for
+from tests.services import RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def services_of(app: FastAPI) -> Services:
+    services: Services = app.state.services
+    return services
+
+
+async def wait_local_ready(app: FastAPI) -> None:
+    for _ in range(200):
+        if services_of(app).cache.local_active:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("invalidation subscription never confirmed")
+
+
+def counts(app: FastAPI) -> tuple[float, float, float]:
+    m = services_of(app).metrics
+    return m.cache_hit_local._value.get(), m.cache_hit_redis._value.get(), m.cache_miss._value.get()
+
+
+async def test_read_through_layers(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await wait_local_ready(app)
+    task = (await client.post("/tasks/", json={"title": "cached"})).json()
+    cache = services_of(app).cache
+    assert await cache.redis.get(cache_key(task["id"])) is not None  # write-through on create
+    base = counts(app)
+    assert (await client.get(f"/tasks/{task['id']}")).json() == task  # Redis hit, fills memory
+    assert (await client.get(f"/tasks/{task['id']}")).json() == task  # memory hit
+    local, redis_hits, _ = counts(app)
+    assert (local - base[0], redis_hits - base[1]) == (1, 1)
+    # Memory hits do not even touch Redis: change Redis behind the cache's back.
+    await cache.redis.set(cache_key(task["id"]), b'{"id":0}')
+    assert (await client.get(f"/tasks/{task['id']}")).json() == task
+
+
+async def test_miss_goes_to_database_and_fills_redis(
+    app: FastAPI, client: httpx.AsyncClient, database_url: str
+) -> None:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        row = conn.execute("INSERT INTO tasks (title) VALUES ('direct') RETURNING id").fetchone()
+    assert row is not None
+    _, _, misses = counts(app)
+    assert (await client.get(f"/tasks/{row[0]}")).json()["title"] == "direct"
+    assert counts(app)[2] == misses + 1
+    assert await services_of(app).cache.redis.get(cache_key(row[0])) is not None
+
+
+async def test_every_write_invalidates(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await wait_local_ready(app)
+    task = (await client.post("/tasks/", json={"title": "v1"})).json()
+    url = f"/tasks/{task['id']}"
+    for _ in range(2):
+        await client.get(url)
+    await client.patch(url, json={"title": "v2"})
+    assert (await client.get(url)).json()["title"] == "v2"
+    await client.patch(url, json={"status": "done"})
+    assert (await client.get(url)).json()["status"] == "done"
+    await client.delete(url)
+    assert (await client.get(url)).status_code == 404
+    assert (await client.get(url)).status_code == 404
+
+
+async def test_invalidation_reaches_other_instances(make_app: AppFactory) -> None:
+    app_a = await make_app(instance_id="a")
+    app_b = await make_app(instance_id="b")
+    await wait_local_ready(app_a)
+    await wait_local_ready(app_b)
+    async with client_for(app_a) as a, client_for(app_b) as b:
+        task = (await a.post("/tasks/", json={"title": "shared"})).json()
+        url = f"/tasks/{task['id']}"
+        for _ in range(2):
+            assert (await b.get(url)).json()["title"] == "shared"
+        assert task["id"] in services_of(app_b).cache.local
+        response = await a.patch(url, json={"title": "changed by a"})
+        assert response.headers["x-instance-id"] == "a"
+        # b drops its memory entry when Redis delivers the invalidation (asynchronous, ~ms).
+        for _ in range(100):
+            if task["id"] not in services_of(app_b).cache.local:
+                break
+            await asyncio.sleep(0.01)
+        response = await b.get(url)
+        assert response.headers["x-instance-id"] == "b"
+        assert response.json()["title"] == "changed by a"
+        await a.delete(url)
+        for _ in range(100):
+            if (await b.get(url)).status_code == 404:
+                break
+            await asyncio.sleep(0.01)
+        assert (await b.get(url)).status_code == 404
+
+
+async def test_single_flight_collapses_concurrent_misses(app: FastAPI, client: httpx.AsyncClient) -> None:
+    task = (await client.post("/tasks/", json={"title": "herd"})).json()
+    cache = services_of(app).cache
+    await cache.redis.delete(cache_key(task["id"]))
+    cache.local.clear()
+    _, _, misses = counts(app)
+    responses = await asyncio.gather(*(client.get(f"/tasks/{task['id']}") for _ in range(20)))
+    assert {r.status_code for r in responses} == {200}
+    assert counts(app)[2] - misses == 1
+
+
+async def test_cache_disabled_setting(make_app: AppFactory) -> None:
+    app = await make_app(cache_enabled=False)
+    async with client_for(app) as client:
+        task = (await client.post("/tasks/", json={"title": "nocache"})).json()
+        assert (await client.get(f"/tasks/{task['id']}")).json() == task
+        assert await services_of(app).cache.redis.get(cache_key(task["id"])) is None
+
+
+async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: object) -> None:
+    from pathlib import Path
+
+    server = RedisServer(workdir=Path(str(tmp_path)), port=free_port())
+    server.start()
+    try:
+        app = await make_app(redis_url=server.url)
+        await wait_local_ready(app)
+        async with client_for(app) as client:
+            task = (await client.post("/tasks/", json={"title": "before outage"})).json()
+            await client.get(f"/tasks/{task['id']}")
+            server.stop()
+            # Memory layer is dropped with the subscription; reads go to the database.
+            for _ in range(200):
+                if not services_of(app).cache.local_active:
+                    break
+                await asyncio.sleep(0.01)
+            assert not services_of(app).cache.local
+            url = f"/tasks/{task['id']}"
+            assert (await client.get(url)).json() == task
+            created = await client.post("/tasks/", json={"title": "during outage"})
+            assert created.status_code == 201
+            patched = await client.patch(url, json={"title": "patched during outage"})
+            assert patched.status_code == 200
+            assert (await client.get(url)).json()["title"] == "patched during outage"
+            assert (await client.get("/tasks/")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["cache"] == "down"
+            assert ready.json()["checks"]["database"] == "ok"
+
+            server.start()
+            for _ in range(300):
+                if services_of(app).cache.local_active:
+                    break
+                await asyncio.sleep(0.02)
+            assert services_of(app).cache.local_active
+            await asyncio.sleep(1.1)  # circuit breaker retry interval
+            assert (await client.get(url)).json()["title"] == "patched during outage"
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_concurrent_database_reads_are_batched(make_app: AppFactory) -> None:
+    app = await make_app(cache_enabled=False)
+    async with client_for(app) as client:
+        ids = [(await client.post("/tasks/", json={"title": f"b{i}"})).json()["id"] for i in range(12)]
+        loader = services_of(app).read_loader
+        batches = loader.batches
+        responses = await asyncio.gather(*(client.get(f"/tasks/{i}") for i in [*ids, ids[0], 999_999]))
+        assert [r.json()["id"] for r in responses[:-1]] == [*ids, ids[0]]
+        assert responses[-1].status_code == 404
+        assert loader.batches - batches < 13  # fewer queries than requests
+
+
+async def test_fill_racing_a_write_is_not_kept_in_memory(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await wait_local_ready(app)
+    cache = services_of(app).cache
+    task = (await client.post("/tasks/", json={"title": "old"})).json()
+    await cache.redis.delete(cache_key(task["id"]))
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_stale_load() -> bytes | None:
+        started.set()
+        await release.wait()
+        return b'{"title": "stale"}'
+
+    fill = asyncio.create_task(cache.get(task["id"], slow_stale_load))
+    await started.wait()
+    await client.patch(f"/tasks/{task['id']}", json={"title": "new"})  # commits while the fill loads
+    release.set()
+    await fill
+    assert task["id"] not in cache.local  # the stale fill was not kept in memory
+    assert (await client.get(f"/tasks/{task['id']}")).json()["title"] == "new"  # Redis: SET beat SET NX
