@@ -158,13 +158,19 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
-    return poll_until(lambda: not pid_alive(pid), timeout)
+    # pid_alive is cheap (a signal 0 and a /proc read): poll often so stops are not rounded up.
+    return poll_until(lambda: not pid_alive(pid), timeout, max_interval=0.05)
 
 
-def poll_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+def poll_until(
+    check: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.02,
+    max_interval: float = 0.25,
+) -> bool:
     """Call ``check`` until it returns True or ``timeout`` passes; return its last verdict.
 
-    The interval grows gently (x1.5, capped at 0.25 s) so fast checks answer fast.
+    The interval grows gently (x1.5, capped at ``max_interval``) so fast checks answer fast.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -174,7 +180,7 @@ def poll_until(check: Callable[[], bool], timeout: float, interval: float = 0.02
         if now >= deadline:
             return False
         time.sleep(min(interval, deadline - now))
-        interval = min(interval * 1.5, 0.25)
+        interval = min(interval * 1.5, max_interval)
 
 
 def wait_until(
@@ -183,9 +189,10 @@ def wait_until(
     timeout: float,
     what: str,
     log_path: Path | None = None,
+    max_interval: float = 0.25,
 ) -> None:
     """Wait for ``check`` or raise ``ServiceNotReady`` naming ``what`` with its log tail."""
-    if poll_until(check, timeout):
+    if poll_until(check, timeout, max_interval=max_interval):
         return
     detail = None
     if log_path is not None and log_path.exists():

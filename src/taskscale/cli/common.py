@@ -34,3 +34,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 
 def project_from(path: Path | None) -> Project:
     return load_project(path)
+
+
+TargetName = Annotated[
+    str,
+    typer.Option("--target", "-t", help="Where the stack runs: local (processes on this machine)."),
+]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from taskscale.replication.model import ClusterStatus, ReplicationChange
 
 ServiceKind = Literal["app", "lb", "postgres", "redis", "worker"]
 StepCallback = Callable[[str], None]
@@ -17,6 +20,20 @@ StepCallback = Callable[[str], None]
 
 def _no_steps(_: str) -> None:
     return None
+
+
+def validate_replicas(replicas: int, max_replicas: int) -> int:
+    """``replicas`` if 1 <= replicas <= max_replicas, else a UsageError (checked first)."""
+    from taskscale.errors import UsageError
+
+    if replicas < 1:
+        raise UsageError(f"--replicas must be at least 1 (got {replicas})")
+    if replicas > max_replicas:
+        raise UsageError(
+            f"--replicas {replicas} is above the maximum of {max_replicas}",
+            hint="raise [stack] max_replicas in taskscale.toml",
+        )
+    return replicas
 
 
 @dataclass(frozen=True)
@@ -97,3 +114,33 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def endpoints(self) -> Endpoints:
         """Where clients reach the stack."""
+
+    # ------------------------------------------------------------------ replication
+    # Targets that run PostgreSQL themselves implement these; the others say so clearly.
+
+    def replicate(
+        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        """Converge to ``standbys`` streaming standbys (None: keep the count, at least 1)."""
+        raise self._no_replication()
+
+    def replication_status(self) -> ClusterStatus:
+        raise self._no_replication()
+
+    def switchover(
+        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        raise self._no_replication()
+
+    def failover(
+        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        raise self._no_replication()
+
+    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
+        raise self._no_replication()
+
+    def _no_replication(self) -> Exception:
+        from taskscale.errors import TargetError
+
+        return TargetError(f"replication is not available on the {self.name} target yet")

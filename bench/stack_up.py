@@ -1,0 +1,206 @@
+"""Local target timings and throughput, measured in one run on this machine.
+
+    python bench/stack_up.py [--runs 5] [--duration 10] [--keep DIR]
+
+1. ``taskscale up --replicas 3`` to ready, warm (the PostgreSQL data dir exists), and ``down``:
+   medians of ``--runs`` CLI invocations (the real command, interpreter start included).
+2. Requests/s through nginx with 1 and with 2 replicas, and straight to one replica (nginx's
+   overhead), with ``wrk`` (``apt-get install -y wrk``) on ``GET /healthz`` and on a cached
+   ``GET /tasks/{id}``. Without wrk the script says so and skips part 2.
+
+A fresh project is generated in a temporary directory with free loopback ports; everything is
+stopped at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from taskscale import proc
+from taskscale.config import load_project
+from taskscale.errors import CommandFailed
+from taskscale.targets.local import LocalTarget
+
+
+def taskscale(*args: str, project: Path, timeout: float = 300) -> float:
+    """Run the real CLI; return its wall time in seconds."""
+    start = time.perf_counter()
+    try:
+        proc.run(
+            [sys.executable, "-c", "import sys; from taskscale.cli import main; sys.exit(main())",
+             *args, "--project", str(project)],
+            timeout=timeout,
+        )  # fmt: skip
+    except CommandFailed as exc:
+        raise SystemExit(f"taskscale {' '.join(args)} failed: {exc}\n{exc.detail}") from exc
+    return time.perf_counter() - start
+
+
+def free_block(size: int) -> int:
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + size >= 65000:
+            continue
+        ok = True
+        for port in range(base, base + size):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise SystemExit("no block of free ports")
+
+
+@contextlib.contextmanager
+def project_dir(keep: Path | None) -> Iterator[Path]:
+    root = keep or Path(tempfile.mkdtemp(prefix="ts-bench-"))
+    project = root / "bench"
+    if not project.exists():
+        from taskscale.cli import main
+
+        if main(["new", "bench", "--output-dir", str(root), "--no-git"]) != 0:
+            raise SystemExit("taskscale new failed")
+        base = free_block(24)
+        ports = {"api": base, "app_base": base + 1, "postgres": base + 18, "redis": base + 19}
+        config = project / "taskscale.toml"
+        text = config.read_text()
+        for key, value in ports.items():
+            text = re.sub(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
+        config.write_text(text)
+    try:
+        yield project
+    finally:
+        with contextlib.suppress(SystemExit):
+            taskscale("down", project=project)
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def api_url(project: Path) -> str:
+    match = re.search(r"(?m)^api = (\d+)", (project / "taskscale.toml").read_text())
+    assert match
+    return f"http://127.0.0.1:{match.group(1)}"
+
+
+def app_base(project: Path) -> int:
+    match = re.search(r"(?m)^app_base = (\d+)", (project / "taskscale.toml").read_text())
+    assert match
+    return int(match.group(1))
+
+
+def wrk(url: str, duration: int, connections: int = 64, threads: int = 2) -> float:
+    out = proc.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        timeout=duration + 30,
+    ).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        print(f"  warning: {errors.group(1)} non-2xx responses from {url}")
+    return float(match.group(1)) if match else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--keep", type=Path, help="reuse/keep a project under this directory")
+    args = parser.parse_args()
+    results: dict[str, object] = {"loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+
+    with project_dir(args.keep) as project:
+        cold = taskscale("up", "--replicas", "3", project=project)
+        taskscale("down", project=project)
+        ups, downs = [], []
+        for _ in range(args.runs):
+            ups.append(taskscale("up", "--replicas", "3", project=project))
+            downs.append(taskscale("down", project=project))
+        results["cold_up_s"] = round(cold, 2)
+        results["warm_up_3_replicas_median_s"] = round(statistics.median(ups), 2)
+        results["warm_up_runs_s"] = [round(x, 2) for x in ups]
+        results["down_median_s"] = round(statistics.median(downs), 2)
+        results["down_runs_s"] = [round(x, 2) for x in downs]
+        print(f"cold up (initdb + migrations): {cold:.2f} s")
+        print(f"warm up --replicas 3: median {statistics.median(ups):.2f} s  runs {ups}")
+        print(f"down:                 median {statistics.median(downs):.2f} s  runs {downs}")
+
+        # The same through the library, in this process: the stack's own work, without the CLI's
+        # interpreter start and imports.
+        target = LocalTarget(load_project(project))
+        lib_ups, lib_downs = [], []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            target.up(3)
+            lib_ups.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            target.down()
+            lib_downs.append(time.perf_counter() - start)
+        results["library_up_3_median_s"] = round(statistics.median(lib_ups), 2)
+        results["library_down_median_s"] = round(statistics.median(lib_downs), 2)
+        print(f"library LocalTarget.up(3): median {statistics.median(lib_ups):.2f} s")
+        print(f"library LocalTarget.down(): median {statistics.median(lib_downs):.2f} s")
+        cli_start = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            proc.run([sys.executable, "-c", "from taskscale.cli import main"], timeout=60)
+            cli_start.append(time.perf_counter() - start)
+        results["cli_start_median_s"] = round(statistics.median(cli_start), 2)
+        print(f"CLI start (python + imports): median {statistics.median(cli_start):.2f} s")
+
+        scales: list[tuple[str, float]] = []
+        taskscale("up", "--replicas", "3", project=project)
+        for replicas in (5, 2):
+            scales.append((f"scale {3 if replicas == 5 else 5} -> {replicas}", taskscale(
+                "up", "--replicas", str(replicas), project=project)))  # fmt: skip
+        results["scale_s"] = {name: round(t, 2) for name, t in scales}
+        for name, t in scales:
+            print(f"{name}: {t:.2f} s")
+
+        if shutil.which("wrk") is None:
+            print("wrk is missing (apt-get install -y wrk): throughput part skipped")
+        else:
+            api = api_url(project)
+            direct = f"http://127.0.0.1:{app_base(project)}"
+            with httpx.Client(trust_env=False) as client:
+                task = client.post(f"{api}/tasks/", json={"title": "bench"}).json()
+            paths = {"healthz": "/healthz", "cached_task": f"/tasks/{task['id']}"}
+            throughput: dict[str, dict[str, float]] = {}
+            for name, path in paths.items():
+                row: dict[str, float] = {}
+                for replicas in (1, 2):
+                    taskscale("up", "--replicas", str(replicas), project=project)
+                    wrk(api + path, 2)  # warm-up: caches, keep-alive pools
+                    row[f"nginx_{replicas}_replicas"] = wrk(api + path, args.duration)
+                row["direct_1_replica"] = wrk(direct + path, args.duration)
+                row["ratio_2_vs_1"] = round(row["nginx_2_replicas"] / row["nginx_1_replicas"], 2)
+                row["nginx_overhead_pct"] = round(
+                    100 * (1 - row["nginx_1_replicas"] / row["direct_1_replica"]), 1
+                )
+                throughput[name] = row
+                print(f"{name}: {row}")
+            results["throughput_rps"] = throughput
+    results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

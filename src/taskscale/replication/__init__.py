@@ -1,0 +1,1 @@
+"""PostgreSQL streaming replication: pure planning, SQL against live nodes, typed status."""

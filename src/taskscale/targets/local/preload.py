@@ -1,0 +1,139 @@
+"""Start several uvicorn replicas from one interpreter that already imported the heavy libraries.
+
+On a 2-core machine, starting 3 replicas costs 3 x ~1.5 s of CPU, almost all of it importing
+FastAPI, SQLAlchemy, psycopg, redis and friends. A launcher process imports those third-party
+libraries once, then forks one child per replica (copy-on-write: the imports are shared) and
+exits. Each child starts a new session, points stdout/stderr at its own log, takes its own
+environment (INSTANCE_ID ...) and runs ``uvicorn app.main:app`` itself, so the app module (which
+reads its settings at import) is imported per child, with the child's settings. Only
+third-party modules are preloaded, never the project's code. The children are ordinary uvicorn
+processes afterwards: recorded, health-checked and stopped like any other replica.
+
+The launcher runs in the app's interpreter (which may be a venv without taskscale), so it is a
+self-contained script passed with ``-c``; its input (environments hold secrets) comes on stdin.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskscale import proc
+
+# What uvicorn itself imports to serve; the app's own third-party imports are added by scanning
+# its package (app_imports). Modules that fail to import are skipped by the launcher.
+UVICORN_MODULES = (
+    "uvicorn.main",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.lifespan.on",
+)
+
+
+def app_imports(package_dir: Path) -> list[str]:
+    """The module-level absolute imports of the app package's source, except its own modules.
+
+    Read with ``ast`` (nothing is executed): the third-party and stdlib modules the app imports
+    at start, which the launcher imports once before forking. Imports inside functions (e.g. the
+    Kafka client, only loaded with broker=kafka) are left alone.
+    """
+    own = package_dir.name
+    found: dict[str, None] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".", 1)[0]
+                if top not in (own, "__future__"):
+                    found[name] = None
+    return list(found)
+
+
+_LAUNCHER = r"""
+import importlib, json, os, sys
+spec = json.loads(sys.stdin.read())
+for name in spec["modules"]:
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+pids = []
+for child in spec["children"]:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            log = os.open(child["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+            os.close(null)
+            os.environ.clear()
+            os.environ.update(child["env"])
+            sys.argv = child["argv"]
+            from uvicorn.main import main
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    pids.append(pid)
+sys.stdout.write(json.dumps(pids))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    port: int
+    log: Path
+    env: dict[str, str]
+    argv: list[str]  # uvicorn's own argv: ["uvicorn", "app.main:app", "--port", ...]
+
+
+def uvicorn_args(full_argv: list[str]) -> list[str]:
+    """``[python, -m, uvicorn, ...]`` -> ``[uvicorn, ...]`` (what uvicorn's main() parses)."""
+    index = full_argv.index("uvicorn")
+    return full_argv[index:]
+
+
+def fork_replicas(python: str, cwd: Path, replicas: list[ReplicaSpec], timeout: float) -> list[int]:
+    """Start ``replicas`` from one preloaded launcher; their pids, in order."""
+    for spec in replicas:
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "modules": [*UVICORN_MODULES, *app_imports(cwd / "app")],
+        "children": [{"log": os.fspath(s.log), "env": s.env, "argv": s.argv} for s in replicas],
+    }
+    result = proc.run(
+        [python, "-c", _LAUNCHER], cwd=cwd, timeout=timeout, input_text=json.dumps(payload)
+    )
+    pids = [int(pid) for pid in json.loads(result.stdout)]
+    if len(pids) != len(replicas):
+        raise ValueError(f"launcher started {len(pids)} of {len(replicas)} replicas")
+    return pids

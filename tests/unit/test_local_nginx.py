@@ -1,0 +1,90 @@
+"""nginx.conf rendering for the local target (and nginx -t on it when the binary is there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from taskscale import binaries, proc
+from taskscale.errors import MissingBinary
+from taskscale.targets.local import nginx
+
+
+def _layout(tmp_path: Path) -> nginx.NginxLayout:
+    return nginx.NginxLayout(tmp_path / "nginx", tmp_path / "logs")
+
+
+def test_upstream_lists_every_replica_with_passive_health_checks(tmp_path: Path) -> None:
+    text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100, 8101])
+    assert "server 127.0.0.1:8100 max_fails=3 fail_timeout=5s;" in text
+    assert "server 127.0.0.1:8101 max_fails=3 fail_timeout=5s;" in text
+    assert "listen 127.0.0.1:8080" in text
+    assert "keepalive 64;" in text
+
+
+def test_proxy_settings_keep_connections_and_retry_only_idempotent(tmp_path: Path) -> None:
+    text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100])
+    assert "proxy_http_version 1.1;" in text
+    assert 'proxy_set_header Connection "";' in text
+    assert "proxy_next_upstream error timeout http_502 http_503;" in text
+    # POSTs must never be replayed by nginx.
+    assert "non_idempotent" not in text.replace("(no `non_idempotent`)", "")
+
+
+def test_upstream_keepalive_closes_before_the_replica_does(tmp_path: Path) -> None:
+    assert nginx.UPSTREAM_KEEPALIVE_TIMEOUT < nginx.APP_KEEPALIVE_TIMEOUT
+    text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100])
+    assert f"keepalive_timeout {nginx.UPSTREAM_KEEPALIVE_TIMEOUT}s;" in text
+
+
+def test_one_access_log_line_per_request_in_the_state_dir(tmp_path: Path) -> None:
+    layout = _layout(tmp_path)
+    text = nginx.render_config(layout, listen_port=8080, upstream_ports=[8100])
+    assert f"access_log {tmp_path / 'logs' / 'nginx-access.log'} taskscale;" in text
+    assert "upstream=$upstream_addr" in text and "request_time=$request_time" in text
+    assert "buffer=" not in text  # unbuffered: counts are exact the moment a request ends
+    assert "daemon off;" in text
+
+
+def test_worker_user_only_when_given(tmp_path: Path) -> None:
+    layout = _layout(tmp_path)
+    assert "user " not in nginx.render_config(layout, listen_port=1, upstream_ports=[2]).split(
+        "events"
+    )[0].replace("upstream", "")
+    text = nginx.render_config(
+        layout, listen_port=1, upstream_ports=[2], worker_user="nobody nogroup"
+    )
+    assert text.splitlines()[1] == "user nobody nogroup;"
+
+
+def test_needs_at_least_one_upstream(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[])
+
+
+def test_write_config_reports_changes(tmp_path: Path) -> None:
+    layout = _layout(tmp_path)
+    text = nginx.render_config(layout, listen_port=8080, upstream_ports=[8100])
+    assert nginx.write_config(layout, text) is True
+    assert nginx.write_config(layout, text) is False
+    other = nginx.render_config(layout, listen_port=8080, upstream_ports=[8100, 8101])
+    assert nginx.write_config(layout, other) is True
+    assert layout.conf.read_text() == other
+
+
+def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
+    try:
+        binary = binaries.nginx()
+    except MissingBinary:
+        pytest.skip("no nginx binary")
+    layout = _layout(tmp_path)
+    text = nginx.render_config(
+        layout,
+        listen_port=18080,
+        upstream_ports=[18100, 18101],
+        worker_user=nginx.default_worker_user(),
+    )
+    nginx.write_config(layout, text)
+    nginx.test_config(binary, layout)  # raises CommandFailed with nginx's message
+    assert not proc._children or all(not proc.pid_alive(p) for p in proc._children)
