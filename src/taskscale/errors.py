@@ -67,3 +67,9 @@ class PortInUse(TargetError):
 
 class ServiceNotReady(TargetError):
     """A service did not become ready within its timeout."""
+
+
+class SloFailed(TaskscaleError):
+    """A load test ran and its reports were written, but at least one SLO gate failed."""
+
+    exit_code = 1

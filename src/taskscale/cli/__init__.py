@@ -11,7 +11,7 @@ import sys
 import typer
 
 from taskscale import __version__, console
-from taskscale.cli import new
+from taskscale.cli import down, loadtest, logs, new, report, status, up
 from taskscale.cli.common import state
 from taskscale.errors import TaskscaleError
 
@@ -27,6 +27,12 @@ app = typer.Typer(
 
 app.command("new")(new.command)
 # Commands of later issues register here, one line each.
+app.command("loadtest")(loadtest.command)
+app.command("report")(report.command)
+app.command("up")(up.command)
+app.command("status")(status.command)
+app.command("logs")(logs.command)
+app.command("down")(down.command)
 
 
 def _version(value: bool) -> None:

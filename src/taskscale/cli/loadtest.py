@@ -1,0 +1,108 @@
+"""``taskscale loadtest``: run Locust against the stack, write reports, gate on SLOs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from taskscale import console
+from taskscale.cli.common import JsonFlag, ProjectDir
+from taskscale.cli.render_report import render_report
+from taskscale.config import Project, load_project
+from taskscale.errors import ProjectNotFound, SloFailed
+
+
+def command(
+    users: Annotated[
+        int | None,
+        typer.Option("--users", "-u", help="Concurrent users (default: taskscale.toml)."),
+    ] = None,
+    spawn_rate: Annotated[
+        float | None, typer.Option("--spawn-rate", "-r", help="Users started per second.")
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option("--duration", "-d", help="Run time: 30s, 2m, 1m30s, 1h.")
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", help="Open model: target total arrival rate in requests/s."),
+    ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option("--scenario", "-s", help="read-heavy, write-heavy, mixed or PATH.py."),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Base URL to load (default: the running stack's API)."),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", help="Locust processes (default: one per CPU core)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default .taskscale/runs/<UTC time>)."),
+    ] = None,
+    slo: Annotated[
+        list[str] | None,
+        typer.Option("--slo", help="Gate, repeatable: p95<200ms, errors<1%, rps>500."),
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="A previous report.json to compare with.")
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Noise threshold (percent) for regressions.")
+    ] = 5.0,
+    sweep_replicas: Annotated[
+        str | None,
+        typer.Option("--sweep-replicas", help="Run once per replica count, e.g. 1,2,3."),
+    ] = None,
+    project_dir: ProjectDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Load-test the stack with Locust; exact HDR percentiles, SLO gates, reports."""
+    # Imported here: the load-test stack (httpx, plotly, hdrh) would slow every other command.
+    from taskscale.loadtest.service import run_loadtest
+    from taskscale.loadtest.spec import LoadTestSpec
+
+    project = _optional_project(project_dir, required=host is None)
+    defaults = project.config.loadtest if project is not None else None
+    spec = LoadTestSpec.build(
+        users=users if users is not None else (defaults.users if defaults else 50),
+        spawn_rate=spawn_rate
+        if spawn_rate is not None
+        else (defaults.spawn_rate if defaults else 25.0),
+        duration=duration if duration is not None else (defaults.duration if defaults else "30s"),
+        scenario=scenario if scenario is not None else (defaults.scenario if defaults else "mixed"),
+        processes=processes,
+        slos=slo,
+        rate=rate,
+        host=host,
+        out=out,
+        baseline=baseline,
+        threshold_pct=threshold,
+        sweep=sweep_replicas,
+    )
+    with console.progress("checking the host") as step:
+        outcome = run_loadtest(spec, project, on_progress=lambda p: step(p.line()), on_step=step)
+    render_report(outcome.report, outcome.run_dir, json_output=json_output)
+    failed = outcome.report.failed_slos
+    if failed:
+        raise SloFailed(
+            f"{len(failed)} SLO gate(s) failed: "
+            + ", ".join(
+                f"{r.expr} (measured {'-' if r.value is None else f'{r.value:g} {r.unit}'})"
+                for r in failed
+            )
+        )
+
+
+def _optional_project(path: Path | None, *, required: bool) -> Project | None:
+    if required or path is not None:
+        return load_project(path)
+    try:
+        return load_project(None)
+    except ProjectNotFound:
+        return None

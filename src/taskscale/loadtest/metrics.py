@@ -1,0 +1,299 @@
+"""Exact latencies in HDR histograms: recorded per request, merged across processes, summarised.
+
+Locust rounds response times into buckets before it computes percentiles; here every request's
+latency goes into an HDR histogram (microseconds, 3 significant digits for totals and
+endpoints, 2 for the per-second timeline) so the report's percentiles are exact to 0.1 %.
+
+Each Locust worker owns one ``Recorder``; at the end it writes ``Recorder.dump()`` as JSON into
+the run's ``raw/`` directory. ``RunMetrics`` merges those dumps (histograms add exactly) and is
+itself stored as ``histograms.json`` so a report can be re-rendered later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 300_000_000  # 5 minutes: longer responses are clamped (and counted as that)
+TOTAL_DIGITS = 3
+SECOND_DIGITS = 2
+PERCENTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p95", 95.0),
+    ("p99", 99.0),
+    ("p999", 99.9),
+)
+FORMAT_VERSION = 1
+
+
+def new_histogram(digits: int = TOTAL_DIGITS) -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, digits)
+
+
+def encode(hist: HdrHistogram) -> str:
+    data = hist.encode()
+    return data.decode("ascii") if isinstance(data, bytes) else str(data)
+
+
+def decode(text: str) -> HdrHistogram:
+    return HdrHistogram.decode(text.encode("ascii"))
+
+
+def to_us(milliseconds: float) -> int:
+    """A Locust response time (ms, float) as whole microseconds within the histogram's range."""
+    return min(max(round(milliseconds * 1000.0), LOWEST_US), HIGHEST_US)
+
+
+@dataclass
+class Counts:
+    """Request counters next to a histogram (the histogram's count differs under CO correction)."""
+
+    requests: int = 0
+    failures: int = 0
+    # Failures with no HTTP response (connection refused/reset, timeout): the server may not
+    # have seen these, so they are kept apart for count reconciliation.
+    unanswered: int = 0
+
+    def add(self, other: Counts) -> None:
+        self.requests += other.requests
+        self.failures += other.failures
+        self.unanswered += other.unanswered
+
+    def to_dict(self) -> dict[str, int]:
+        return {"requests": self.requests, "failures": self.failures, "unanswered": self.unanswered}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counts:
+        return cls(int(data["requests"]), int(data["failures"]), int(data["unanswered"]))
+
+
+@dataclass
+class Series:
+    """One histogram plus its counters."""
+
+    counts: Counts = field(default_factory=Counts)
+    hist: HdrHistogram = field(default_factory=new_histogram)
+    users: int = 0  # per-second series only: users running when the second ended
+
+    def add(self, other: Series) -> None:
+        self.counts.add(other.counts)
+        self.hist.add(other.hist)
+        self.users += other.users
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.counts.to_dict(), "users": self.users, "hdr": encode(self.hist)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Series:
+        return cls(Counts.from_dict(data), decode(str(data["hdr"])), int(data.get("users", 0)))
+
+
+class Recorder:
+    """Records every request of one process (a Locust worker); cheap enough for the hot path.
+
+    ``expected_interval_us`` > 0 turns on coordinated-omission correction (open-model runs):
+    a response slower than the pacing interval also records the responses that would have been
+    sent meanwhile, like wrk2.
+    """
+
+    def __init__(self, expected_interval_us: int = 0) -> None:
+        self.expected_interval_us = expected_interval_us
+        self.total = Series()
+        self.endpoints: dict[tuple[str, str], Series] = {}
+        self.seconds: dict[int, Series] = {}
+        self.first_start = math.inf
+        self.last_end = 0.0
+
+    def record(
+        self,
+        method: str,
+        name: str,
+        response_time_ms: float,
+        *,
+        failed: bool,
+        answered: bool,
+        start_time: float,
+        end_time: float,
+        users: int,
+    ) -> None:
+        value = to_us(response_time_ms)
+        second = int(end_time)
+        endpoint = self.endpoints.get((method, name))
+        if endpoint is None:
+            endpoint = self.endpoints[(method, name)] = Series()
+        per_second = self.seconds.get(second)
+        if per_second is None:
+            per_second = self.seconds[second] = Series(hist=new_histogram(SECOND_DIGITS))
+        interval = self.expected_interval_us
+        for series in (self.total, endpoint, per_second):
+            counts = series.counts
+            counts.requests += 1
+            if failed:
+                counts.failures += 1
+                if not answered:
+                    counts.unanswered += 1
+        if interval > 0:
+            for series in (self.total, endpoint, per_second):
+                series.hist.record_corrected_value(value, interval)
+        else:
+            # The hot path: total and endpoint histograms share one layout, so the bucket index
+            # is computed once (hdrh's record_value recomputes it per histogram).
+            _record_twice(self.total.hist, endpoint.hist, value)
+            per_second.hist.record_value(value)
+        per_second.users = users
+        self.first_start = min(self.first_start, start_time)
+        self.last_end = max(self.last_end, end_time)
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "first_start": self.first_start if self.total.counts.requests else None,
+            "last_end": self.last_end if self.total.counts.requests else None,
+            "expected_interval_us": self.expected_interval_us,
+            "total": self.total.to_dict(),
+            "endpoints": [
+                {"method": method, "name": name, **series.to_dict()}
+                for (method, name), series in sorted(self.endpoints.items())
+            ],
+            "seconds": [
+                {"second": second, **series.to_dict()}
+                for second, series in sorted(self.seconds.items())
+            ],
+        }
+
+
+def _record_twice(first: HdrHistogram, second: HdrHistogram, value: int) -> None:
+    """``record_value(value)`` on two histograms of identical layout (values already in range)."""
+    index = first._counts_index_for(value)
+    for hist in (first, second):
+        hist.counts[index] += 1
+        hist.total_count += 1
+        if value < hist.min_value:
+            hist.min_value = value
+        if value > hist.max_value:
+            hist.max_value = value
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    p999: float
+    max: float
+    mean: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "p50": self.p50,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "p999": self.p999,
+            "max": self.max,
+            "mean": self.mean,
+        }
+
+
+def summarize(hist: HdrHistogram) -> LatencySummary:
+    """Percentiles in milliseconds (0 for an empty histogram)."""
+    if hist.get_total_count() == 0:
+        return LatencySummary(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    values = {key: hist.get_value_at_percentile(pct) / 1000.0 for key, pct in PERCENTILES}
+    return LatencySummary(
+        p50=values["p50"],
+        p90=values["p90"],
+        p95=values["p95"],
+        p99=values["p99"],
+        p999=values["p999"],
+        max=hist.get_max_value() / 1000.0,
+        mean=round(hist.get_mean_value() / 1000.0, 3),
+    )
+
+
+@dataclass
+class RunMetrics:
+    """Everything measured in one run, merged across processes."""
+
+    total: Series = field(default_factory=Series)
+    endpoints: dict[tuple[str, str], Series] = field(default_factory=dict)
+    seconds: dict[int, Series] = field(default_factory=dict)
+    first_start: float | None = None
+    last_end: float | None = None
+    processes: int = 0
+
+    @property
+    def window_seconds(self) -> float:
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return max(self.last_end - self.first_start, 1e-6)
+
+    def merge_dump(self, data: dict[str, Any]) -> None:
+        """Add one process's ``Recorder.dump()`` (or a stored ``RunMetrics.to_dict()``)."""
+        if int(data.get("format", 0)) != FORMAT_VERSION:
+            raise ValueError(f"unsupported histogram format {data.get('format')!r}")
+        self.processes += int(data.get("processes", 1))
+        self.total.add(Series.from_dict(data["total"]))
+        for item in data["endpoints"]:
+            key = (str(item["method"]), str(item["name"]))
+            series = Series.from_dict(item)
+            if key in self.endpoints:
+                self.endpoints[key].add(series)
+            else:
+                self.endpoints[key] = series
+        for item in data["seconds"]:
+            second = int(item["second"])
+            series = Series.from_dict(item)
+            if second in self.seconds:
+                self.seconds[second].add(series)
+            else:
+                self.seconds[second] = series
+        first, last = data.get("first_start"), data.get("last_end")
+        if first is not None:
+            self.first_start = (
+                float(first) if self.first_start is None else min(self.first_start, float(first))
+            )
+        if last is not None:
+            self.last_end = (
+                float(last) if self.last_end is None else max(self.last_end, float(last))
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "processes": self.processes,
+            "first_start": self.first_start,
+            "last_end": self.last_end,
+            "total": self.total.to_dict(),
+            "endpoints": [
+                {"method": method, "name": name, **series.to_dict()}
+                for (method, name), series in sorted(self.endpoints.items())
+            ],
+            "seconds": [
+                {"second": second, **series.to_dict()}
+                for second, series in sorted(self.seconds.items())
+            ],
+        }
+
+    @classmethod
+    def from_dumps(cls, dumps: Iterable[dict[str, Any]]) -> RunMetrics:
+        metrics = cls()
+        for dump in dumps:
+            metrics.merge_dump(dump)
+        return metrics
+
+    @classmethod
+    def load(cls, path: Path) -> RunMetrics:
+        return cls.from_dumps([json.loads(path.read_text(encoding="utf-8"))])
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict()), encoding="utf-8")

@@ -1,0 +1,72 @@
+"""Turn merged HDR metrics into the report's totals, per-endpoint rows and per-second timeline."""
+
+from __future__ import annotations
+
+from taskscale.loadtest.metrics import RunMetrics, Series, summarize
+from taskscale.report.model import EndpointStats, Latency, TimelinePoint, Totals
+
+
+def _latency(series: Series) -> Latency:
+    return Latency(**summarize(series.hist).to_dict())
+
+
+def _totals_fields(series: Series, window: float) -> dict[str, object]:
+    counts = series.counts
+    return {
+        "requests": counts.requests,
+        "failures": counts.failures,
+        "unanswered": counts.unanswered,
+        "error_rate": round(counts.failures / counts.requests * 100.0, 3)
+        if counts.requests
+        else 0.0,
+        "rps": round(counts.requests / window, 1) if window else 0.0,
+        "latency_ms": _latency(series),
+    }
+
+
+def totals(metrics: RunMetrics) -> Totals:
+    return Totals.model_validate(_totals_fields(metrics.total, metrics.window_seconds))
+
+
+def endpoints(metrics: RunMetrics) -> list[EndpointStats]:
+    window = metrics.window_seconds
+    return [
+        EndpointStats.model_validate({"method": method, "name": name, **_totals_fields(s, window)})
+        for (method, name), s in sorted(metrics.endpoints.items(), key=lambda kv: kv[0][1])
+    ]
+
+
+def timeline(metrics: RunMetrics) -> list[TimelinePoint]:
+    """One point per wall-clock second (by completion time), gaps filled with zeros."""
+    if not metrics.seconds:
+        return []
+    first, last = min(metrics.seconds), max(metrics.seconds)
+    points = []
+    for second in range(first, last + 1):
+        series = metrics.seconds.get(second)
+        if series is None or series.counts.requests == 0:
+            points.append(
+                TimelinePoint(
+                    t=second - first,
+                    rps=0,
+                    p50=None,
+                    p95=None,
+                    p99=None,
+                    errors=0,
+                    users=series.users if series else 0,
+                )
+            )
+            continue
+        hist = series.hist
+        points.append(
+            TimelinePoint(
+                t=second - first,
+                rps=float(series.counts.requests),
+                p50=hist.get_value_at_percentile(50) / 1000.0,
+                p95=hist.get_value_at_percentile(95) / 1000.0,
+                p99=hist.get_value_at_percentile(99) / 1000.0,
+                errors=series.counts.failures,
+                users=series.users,
+            )
+        )
+    return points

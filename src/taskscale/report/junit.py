@@ -1,0 +1,64 @@
+"""junit.xml: one testcase per SLO gate, so CI systems show gates as tests."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from taskscale.report.model import Report
+from taskscale.report.tables import headline, warnings
+
+
+def render(report: Report) -> str:
+    failures = len(report.failed_slos)
+    duration = report.environment.duration_s
+    suite = ET.Element(
+        "testsuite",
+        {
+            "name": "taskscale.slo",
+            "tests": str(len(report.slo)),
+            "failures": str(failures),
+            "errors": "0",
+            "skipped": "0",
+            "time": f"{duration:g}",
+            "timestamp": report.environment.started_at,
+        },
+    )
+    properties = ET.SubElement(suite, "properties")
+    for key, value in report.environment.model_dump().items():
+        if value is not None:
+            ET.SubElement(properties, "property", {"name": key, "value": str(value)})
+    for result in report.slo:
+        case = ET.SubElement(
+            suite, "testcase", {"classname": "taskscale.slo", "name": result.expr, "time": "0"}
+        )
+        measured = "no value" if result.value is None else f"{result.value:g} {result.unit}"
+        if not result.passed:
+            failure = ET.SubElement(
+                case,
+                "failure",
+                {"message": f"{result.expr} failed: measured {measured}", "type": "SloFailed"},
+            )
+            failure.text = result.detail or f"threshold {result.threshold:g} {result.unit}"
+        else:
+            ET.SubElement(case, "system-out").text = f"measured {measured}"
+    generator = report.generator
+    ET.SubElement(
+        properties,
+        "property",
+        {"name": "generator_saturated", "value": str(bool(generator and generator.saturated))},
+    )
+    summary = [headline(report), *(f"warning: {w}" for w in warnings(report))]
+    if report.baseline is not None:
+        summary += [
+            f"regression vs {report.baseline.baseline_path}: {r.scope} {r.metric} "
+            f"{r.baseline:g} -> {r.current:g} ({r.delta_pct:+.1f}%)"
+            for r in report.baseline.regressions
+            if r.delta_pct is not None
+        ]
+    ET.SubElement(suite, "system-out").text = "\n".join(summary)
+    suites = ET.Element("testsuites", {"tests": str(len(report.slo)), "failures": str(failures)})
+    suites.append(suite)
+    ET.indent(suites)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    )

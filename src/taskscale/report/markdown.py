@@ -1,0 +1,57 @@
+"""report.md: GitHub-flavoured Markdown, fit for a CI step summary ($GITHUB_STEP_SUMMARY)."""
+
+from __future__ import annotations
+
+from taskscale.report.model import Report
+from taskscale.report.tables import TableData, all_tables, headline, warnings
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|").replace("\n", " ")
+
+
+def table(data: TableData) -> str:
+    lines = [
+        "| " + " | ".join(_escape(c) for c in data.columns) + " |",
+        "|" + "|".join(" --- " for _ in data.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_escape(c) for c in row) + " |" for row in data.rows]
+    return "\n".join(lines)
+
+
+def render(report: Report) -> str:
+    failed = report.failed_slos
+    status = "FAILED" if failed else "passed"
+    title = "Scaling sweep" if report.kind == "sweep" else "Load test"
+    parts = [f"# taskscale {title}: {status}", "", headline(report), ""]
+    for warning in warnings(report):
+        parts += [f"> **Warning:** {_escape(warning)}", ""]
+    if failed:
+        parts += ["**Failed SLO gates:** " + ", ".join(f"`{r.expr}`" for r in failed), ""]
+    if report.baseline is not None and report.baseline.regressions:
+        listed = ", ".join(
+            f"{r.scope} {r.metric} {r.delta_pct:+.1f}%"
+            for r in report.baseline.regressions
+            if r.delta_pct is not None
+        )
+        parts += [
+            f"**{len(report.baseline.regressions)} regression(s)** beyond "
+            f"{report.baseline.threshold_pct:g}% vs the baseline: {listed}",
+            "",
+        ]
+    for data in all_tables(report):
+        parts += [f"## {data.title}", "", table(data), ""]
+    env = report.environment
+    parts += [
+        "## Environment",
+        "",
+        table(
+            TableData(
+                "environment",
+                ["key", "value"],
+                [[key, str(value)] for key, value in env.model_dump().items() if value is not None],
+            )
+        ),
+        "",
+    ]
+    return "\n".join(parts)

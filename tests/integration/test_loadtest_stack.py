@@ -1,0 +1,161 @@
+"""`taskscale loadtest` against the real local stack (PostgreSQL, Redis, uvicorn, nginx).
+
+A 10 s run of the project's own scenario whose request count equals nginx's access log, and a
+replica sweep 1,2 that scales the stack through the Target interface. The stack is started once
+for the module and always stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from taskscale.config import load_project
+from taskscale.scaffold import NewProjectSpec, create_project
+from taskscale.targets import get_target
+from taskscale.targets.local.ports import port_free
+from tests.conftest import CliRunner
+from tests.integration.loadtest_servers import write_scenario
+
+pytestmark = pytest.mark.slow
+
+
+def _free_block(size: int) -> int:
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + size < 65000 and all(port_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def _set_ports(project: Path) -> int:
+    base = _free_block(24)
+    ports = {"api": base, "app_base": base + 1, "postgres": base + 18, "redis": base + 19}
+    config = project / "taskscale.toml"
+    text = config.read_text()
+    for key, value in ports.items():
+        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
+        assert count == 1, key
+    config.write_text(text)
+    return base
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("loadstack")
+    project = create_project(
+        NewProjectSpec(name="loadapi", output_dir=root, broker="redis", git=False)
+    ).path
+    _set_ports(project)
+    target = get_target("local", load_project(project))
+    pids: list[int] = []
+    try:
+        status = target.up(1)
+        pids = [s.pid for s in status.services if s.pid]
+        yield project
+    finally:
+        try:
+            target.down()
+        finally:
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
+
+
+@pytest.fixture(autouse=True)
+def _small_hot_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The generated scenario first creates a pool of tasks per Locust process (500 by default,
+    # several seconds); keep that setup short in these 5-10 s runs.
+    monkeypatch.setenv("TASKSCALE_POOL_SIZE", "50")
+
+
+def _scenario_args(project: Path) -> list[str]:
+    # The project's own locustfile (read-heavy/write-heavy/mixed); a plain one if the template
+    # does not ship it yet.
+    if (project / "loadtest" / "locustfile.py").is_file():
+        return ["--scenario", "mixed"]
+    return ["--scenario", str(write_scenario(project / "fallback_scenario.py"))]
+
+
+def _access_lines(project: Path) -> list[str]:
+    log = project / ".taskscale" / "logs" / "nginx-access.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_run_against_the_stack_matches_nginx_access_log(run_cli: CliRunner, stack: Path) -> None:
+    before = len(_access_lines(stack))
+    run_dir = stack / "run-10s"
+    result = run_cli(
+        "loadtest",
+        "--project",
+        str(stack),
+        *_scenario_args(stack),
+        "-u",
+        "10",
+        "-r",
+        "10",
+        "-d",
+        "10s",
+        "--out",
+        str(run_dir),
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    # Not load: taskscale's readiness probe and the target's health check of nginx (status()).
+    probes = ('"GET /readyz ', '"GET /healthz ')
+    served = [line for line in _access_lines(stack)[before:] if not any(p in line for p in probes)]
+    data = json.loads(result.stdout)
+    assert data["total"]["requests"] == len(served) > 100
+    assert data["total"]["unanswered"] == 0
+    assert data["total"]["error_rate"] < 1
+    env = data["environment"]
+    assert env["target"] == "local" and env["replicas"] == 1
+    for name in ("report.json", "report.md", "report.html", "junit.xml", "locust_stats.csv"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_sweep_1_2_produces_the_scaling_table(run_cli: CliRunner, stack: Path) -> None:
+    run_dir = stack / "sweep"
+    result = run_cli(
+        "loadtest",
+        "--project",
+        str(stack),
+        *_scenario_args(stack),
+        "-u",
+        "10",
+        "-r",
+        "10",
+        "-d",
+        "5s",
+        "--sweep-replicas",
+        "1,2",
+        "--out",
+        str(run_dir),
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["kind"] == "sweep"
+    steps = data["sweep"]["steps"]
+    assert [s["replicas"] for s in steps] == [1, 2]
+    assert steps[0]["efficiency"] == 1.0 and steps[1]["efficiency"] > 0
+    assert all(s["requests"] > 0 and s["rps"] > 0 and s["p99"] >= s["p95"] for s in steps)
+    for step in steps:
+        step_report = json.loads((run_dir / step["run_dir"] / "report.json").read_text())
+        assert step_report["environment"]["replicas"] == step["replicas"]
+    assert "Scaling: throughput and latency vs replicas" in (run_dir / "report.md").read_text()
+    assert "Throughput vs replicas" in (run_dir / "report.html").read_text()
+    rerendered = run_cli("report", str(run_dir), "--json")
+    assert rerendered.exit_code == 0, rerendered.stderr
+    assert json.loads(rerendered.stdout)["sweep"]["steps"] == steps
+    # The stack is back at its replica count from before the sweep.
+    assert get_target("local", load_project(stack)).status().replicas == 1
