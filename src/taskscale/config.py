@@ -110,6 +110,28 @@ class ProjectConfig(_Model):
     cache: CacheSection = CacheSection()
     loadtest: LoadtestSection = LoadtestSection()
 
+    @model_validator(mode="after")
+    def _ports_do_not_overlap(self) -> ProjectConfig:
+        # Replicas use app_base .. app_base + 2 * max_replicas - 1 (two sets: blue/green
+        # rollouts); standbys use postgres_standby_base .. + MAX_STANDBYS - 1.
+        ports = self.ports
+        app = range(ports.app_base, ports.app_base + 2 * self.stack.max_replicas)
+        standbys = range(ports.postgres_standby_base, ports.postgres_standby_base + 8)
+        if app.stop - 1 > 65535 or standbys.stop - 1 > 65535:
+            raise ValueError("ports: app or standby port range goes past 65535")
+        singles = {"api": ports.api, "postgres": ports.postgres, "redis": ports.redis}
+        for name, port in singles.items():
+            if port in app:
+                raise ValueError(
+                    f"ports.{name} ({port}) falls in the replicas' range "
+                    f"{app.start}-{app.stop - 1} (app_base + 2 x max_replicas)"
+                )
+            if port in standbys:
+                raise ValueError(f"ports.{name} ({port}) falls in the standbys' range")
+        if set(app) & set(standbys):
+            raise ValueError("ports: the replicas' and the standbys' ranges overlap")
+        return self
+
 
 class Project:
     """A generated project on disk: its root, its parsed config and its state directory."""

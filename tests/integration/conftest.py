@@ -34,13 +34,13 @@ def _free_block(size: int) -> int:
 
 
 def _set_ports(project: Path) -> dict[str, int]:
-    base = _free_block(32)
+    base = _free_block(48)
     ports = {
         "api": base,
-        "app_base": base + 1,  # up to 16 replicas
-        "postgres": base + 18,
-        "redis": base + 19,
-        "postgres_standby_base": base + 20,  # up to 12 standbys
+        "app_base": base + 1,  # up to 16 replicas, twice (blue/green rollouts)
+        "postgres": base + 34,
+        "redis": base + 35,
+        "postgres_standby_base": base + 36,  # up to 12 standbys
     }
     config = project / "taskscale.toml"
     text = config.read_text()

@@ -102,3 +102,14 @@ def test_context_has_what_templates_use() -> None:
     assert context["package"] == "demo"
     assert context["broker"] == "kafka"
     assert context["ports"].api == 8080
+
+
+def test_config_rejects_overlapping_ports(tmp_path: Path) -> None:
+    from taskscale.errors import ConfigError
+
+    create_project(NewProjectSpec(name="ports", output_dir=tmp_path, git=False))
+    config = tmp_path / "ports" / "taskscale.toml"
+    text = config.read_text().replace("api = 8080", "api = 8120", 1)
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="replicas' range"):
+        load_config(config)

@@ -69,10 +69,12 @@ def _node(name: str, replay: str | None, flush: str | None, state: str = "stream
     )
 
 
-def test_most_advanced_prefers_replayed_then_received() -> None:
+def test_most_advanced_prefers_received_then_replayed() -> None:
     a = _node("a", "0/100", "0/100")
     b = _node("b", "0/200", "0/200")
     c = _node("c", "0/200", "0/300")
+    e = _node("e", "0/250", "0/250")
     down = _node("d", "0/900", "0/900", state="down")
-    assert plan.most_advanced([a, b, c, down]) == c
+    assert plan.most_advanced([a, b, c, e, down]) == c
+    assert plan.most_advanced([a, b, e]) == e
     assert plan.most_advanced([down]) is None

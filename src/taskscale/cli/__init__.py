@@ -11,7 +11,7 @@ import sys
 import typer
 
 from taskscale import __version__, console
-from taskscale.cli import down, loadtest, logs, new, report, status, up
+from taskscale.cli import down, loadtest, logs, new, replicate, report, status, up
 from taskscale.cli.common import state
 from taskscale.errors import TaskscaleError
 
@@ -33,6 +33,7 @@ app.command("up")(up.command)
 app.command("status")(status.command)
 app.command("logs")(logs.command)
 app.command("down")(down.command)
+app.add_typer(replicate.app, name="replicate")
 
 
 def _version(value: bool) -> None:

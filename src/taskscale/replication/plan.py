@@ -99,7 +99,11 @@ def primary_conninfo(
 
 
 def most_advanced(standbys: Iterable[NodeStatus]) -> NodeStatus | None:
-    """The standby that has replayed the most WAL (ties broken by received WAL, then name)."""
+    """The standby that has received (flushed) the most WAL, then replayed the most.
+
+    Received WAL decides: with synchronous commit an acknowledged write is flushed on at least
+    one standby but maybe not yet replayed, and promotion replays everything received first.
+    """
     candidates = [n for n in standbys if n.state != "down" and n.replay_lsn is not None]
     if not candidates:
         return None
@@ -107,6 +111,6 @@ def most_advanced(standbys: Iterable[NodeStatus]) -> NodeStatus | None:
     def key(node: NodeStatus) -> tuple[int, int, str]:
         replay = lsn_to_int(node.replay_lsn or "0/0")
         received = lsn_to_int(node.flush_lsn or node.replay_lsn or "0/0")
-        return (replay, received, node.name)
+        return (received, replay, node.name)
 
     return max(candidates, key=key)

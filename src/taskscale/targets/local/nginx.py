@@ -80,6 +80,7 @@ def render_config(
     control_socket: Path | None = None,
     worker_processes: int | None = None,
     worker_user: str | None = None,
+    green_ports: list[int] | None = None,
 ) -> str:
     """The whole nginx.conf: ``127.0.0.1:listen_port`` in front of the replicas.
 
@@ -90,6 +91,10 @@ def render_config(
     connection is ever closed by a scale (a reload closes idle keep-alive connections, and a
     client that sends on one at that instant sees a failed request). Without it (a system nginx
     without keyval), one group ``app`` lists ``upstream_ports`` and scaling reloads nginx.
+
+    ``green_ports`` (dynamic mode) adds a second set of groups ``appgK`` over the "green" replica
+    ports: a rollout starts the new replicas there and flips the key from ``K`` to ``gK`` (or
+    back), so no request is ever routed to a replica that is being replaced.
     """
     if not upstream_ports:
         raise ValueError("nginx needs at least one upstream server")
@@ -98,6 +103,8 @@ def render_config(
         groups = [("app", upstream_ports)]
     else:
         groups = [(f"app{k}", upstream_ports[:k]) for k in range(1, len(upstream_ports) + 1)]
+        green = green_ports or []
+        groups += [(f"appg{k}", green[:k]) for k in range(1, len(green) + 1)]
     upstreams = "\n".join(_upstream(name, ports) for name, ports in groups)
     user_line = f"user {worker_user};\n" if worker_user else ""
     temp = layout.temp
@@ -122,7 +129,7 @@ def render_config(
     server {{
         listen unix:{control_socket};
         access_log off;
-        location ~ "^/replicas/([0-9]+)$" {{
+        location ~ "^/replicas/(g?[0-9]+)$" {{
             set $taskscale_replicas $1;
             return 200 "$taskscale_replicas\\n";
         }}
@@ -224,14 +231,14 @@ def _control_client(control_socket: Path) -> httpx.Client:
     )
 
 
-def set_replicas(control_socket: Path, replicas: int) -> None:
-    """Route new requests to the first ``replicas`` replicas (takes effect at once)."""
+def set_replicas(control_socket: Path, replicas: int, *, green: bool = False) -> None:
+    """Route new requests to the first ``replicas`` replicas of the blue (default) or green
+    set (takes effect at once)."""
+    value = f"g{replicas}" if green else str(replicas)
     with _control_client(control_socket) as client:
-        response = client.get(f"/replicas/{replicas}")
-    if response.status_code != 200 or response.text.strip() != str(replicas):
-        raise CommandFailed(
-            f"nginx did not accept replicas={replicas} (HTTP {response.status_code})"
-        )
+        response = client.get(f"/replicas/{value}")
+    if response.status_code != 200 or response.text.strip() != value:
+        raise CommandFailed(f"nginx did not accept replicas={value} (HTTP {response.status_code})")
 
 
 def routed_replicas(control_socket: Path) -> int | None:
@@ -241,6 +248,7 @@ def routed_replicas(control_socket: Path) -> int | None:
             text = client.get("/replicas").text.strip()
     except httpx.HTTPError:
         return None
+    text = text.removeprefix("g")
     return int(text) if text.isdigit() else 0
 
 

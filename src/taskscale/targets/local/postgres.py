@@ -64,6 +64,8 @@ max_wal_senders = 10
 max_replication_slots = 10
 wal_keep_size = '256MB'
 hot_standby = on
+# pg_rewind (replicate rejoin) needs hint bits WAL-logged when checksums are off.
+wal_log_hints = on
 password_encryption = 'scram-sha-256'
 log_destination = 'stderr'
 logging_collector = off

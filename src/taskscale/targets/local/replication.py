@@ -18,8 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,7 @@ import psycopg
 from taskscale import proc
 from taskscale.errors import TargetError, TaskscaleError, UsageError
 from taskscale.replication import plan, sql
-from taskscale.replication.model import ClusterStatus, NodeStatus, ReplicationChange
+from taskscale.replication.model import ClusterStatus, NodeStatus
 from taskscale.targets.base import StepCallback
 from taskscale.targets.local import ports
 from taskscale.targets.local.postgres import (
@@ -40,7 +38,7 @@ from taskscale.targets.local.postgres import (
     socket_dir_for,
     user_namespace_prefix,
 )
-from taskscale.targets.local.state import ServiceRecord, StackState
+from taskscale.targets.local.state import StackState
 
 if TYPE_CHECKING:
     from taskscale.targets.local.target import LocalTarget, _Run
@@ -122,7 +120,9 @@ class LocalCluster:
             max_connections=self.config.postgres.max_connections,
             socket_dir=socket_dir_for(self.state_dir),
         )
-        root = None if name == PRIMARY else self.state_dir / "postgres" / name
+        # Each node's directory stands on its own (never nested in another node's), so removing
+        # a node can never touch another's data.
+        root = None if name == PRIMARY else self.state_dir / name
         return LocalPostgres(self.target.pg_bins(), self.state_dir, settings, root=root)
 
     def database_urls(self, topology: Topology | None = None) -> tuple[str, list[str]]:
@@ -329,9 +329,7 @@ class LocalCluster:
         self._follow_new_primary(run, topology, on_step, rewind=[old])
         return [old, to]
 
-    def failover(
-        self, run: _Run, to: str | None, force: bool, on_step: StepCallback
-    ) -> list[str]:
+    def failover(self, run: _Run, to: str | None, force: bool, on_step: StepCallback) -> list[str]:
         topology = self.topology()
         if to is not None:
             self._check_node(topology, to)
@@ -478,8 +476,8 @@ class LocalCluster:
 
     def _clone(self, name: str, primary: str) -> None:
         node = self.node(name)
-        if node.root.exists():
-            shutil.rmtree(node.root)
+        if node.data_dir.exists():
+            shutil.rmtree(node.data_dir)
         node.ensure_dirs()
         slot = plan.slot_name(name)
         with self.node(primary).connect() as conn:
@@ -568,7 +566,8 @@ class LocalCluster:
         self._stop(run, name)
         with self.node(primary).connect() as conn:
             sql.drop_slot(conn, plan.slot_name(name))
-        shutil.rmtree(self.node(name).root, ignore_errors=True)
+        # Only the data directory: the first node's root also holds the superuser password.
+        shutil.rmtree(self.node(name).data_dir, ignore_errors=True)
 
     def _checkpoint_lsn(self, node: LocalPostgres) -> str:
         result = proc.run(
@@ -634,11 +633,4 @@ class LocalCluster:
         )
 
 
-def timed(action: str, fn: Callable[[], list[str]], status: Callable[[], ClusterStatus]) -> ReplicationChange:
-    start = time.monotonic()
-    changed = fn()
-    seconds = time.monotonic() - start
-    return ReplicationChange(action=action, changed=changed, status=status(), seconds=seconds)
-
-
-__all__ = ["DEFAULT_MAX_LAG_BYTES", "LocalCluster", "ServiceRecord", "Topology", "timed"]
+__all__ = ["DEFAULT_MAX_LAG_BYTES", "LocalCluster", "Topology"]

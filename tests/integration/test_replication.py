@@ -1,0 +1,243 @@
+"""`taskscale replicate` on the local target, against real PostgreSQL nodes.
+
+Setup (sync) -> pg_stat_replication shows every standby streaming -> a task written through the
+API is readable on each standby -> standbys refuse writes -> bad input is refused with nothing
+changed -> switchover and back with all data present -> failover after killing the primary with
+writes in flight: every write the API acknowledged is on the new primary and the app serves
+again -> rejoin of the old primary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from taskscale import proc
+from taskscale.config import load_project, read_env_file
+from taskscale.targets.local import LocalTarget
+from taskscale.targets.local.replication import LocalCluster
+from tests.conftest import CliRunner
+
+pytestmark = pytest.mark.slow
+
+
+def _json(run_cli: CliRunner, *args: str) -> dict[str, Any]:
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def _nodes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in data["nodes"]}
+
+
+def _connect(project: Path, port: int) -> psycopg.Connection[Any]:
+    env = read_env_file(project / ".env")
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        dbname=env["POSTGRES_DB"],
+        autocommit=True,
+        connect_timeout=3,
+    )
+
+
+def _visible(project: Path, port: int, task_id: int) -> bool:
+    try:
+        with _connect(project, port) as conn:
+            row = conn.execute("SELECT 1 FROM tasks WHERE id = %s", (task_id,)).fetchone()
+            return row is not None
+    except psycopg.Error:
+        return False
+
+
+@contextlib.contextmanager
+def _client_loop(api: str) -> Iterator[list[str]]:
+    """Two clients loop GETs (list + one task) while the body runs; yields the error list."""
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+            deadline = time.monotonic() + 120
+            n = 0
+            while not stop.is_set() and time.monotonic() < deadline and n < 100_000:
+                n += 1
+                try:
+                    response = client.get("/tasks/?limit=5")
+                    if response.status_code != 200:
+                        errors.append(f"HTTP {response.status_code}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+
+
+def _post(client: httpx.Client, title: str) -> httpx.Response:
+    return client.post("/tasks/", json={"title": title, "description": "replication test"})
+
+
+def test_replication_lifecycle(
+    stack_project: tuple[Path, dict[str, int]], run_cli: CliRunner
+) -> None:
+    project, ports = stack_project
+    p = ("--project", str(project))
+    assert run_cli("up", "--replicas", "2", *p).exit_code == 0
+    api = f"http://127.0.0.1:{ports['api']}"
+
+    # Bad input first: nothing may change.
+    bad = run_cli("replicate", "--replicas", "99", *p)
+    assert bad.exit_code == 2 and "between 0 and" in bad.stderr
+
+    with _client_loop(api) as errors:
+        data = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
+    assert errors == [], errors[:5]
+    nodes = _nodes(data)
+    assert [n for n in nodes.values() if n["role"] == "primary"] == [nodes["postgres"]]
+    standbys = [n for n in nodes.values() if n["role"] == "standby"]
+    assert len(standbys) == 2
+    assert all(n["state"] == "streaming" for n in standbys), standbys
+    assert all(n["sync_state"] in {"quorum", "sync"} for n in standbys), standbys
+    # Idempotent: the same command changes nothing.
+    again = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
+    assert again["changed"] == []
+
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        created = _post(client, "replicated")
+        assert created.status_code == 201
+        task_id = int(created.json()["id"])
+        for standby in standbys:
+            port = int(standby["port"])
+            assert proc.poll_until(functools.partial(_visible, project, port, task_id), 5.0)
+            with (
+                _connect(project, port) as conn,
+                pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+            ):
+                conn.execute(
+                    "INSERT INTO tasks (title, description, status) VALUES ('x', 'y', 'pending')"
+                )
+        # Reads through the API are served (from standbys) and see the task.
+        assert client.get(f"/tasks/{task_id}").status_code == 200
+
+    unknown = run_cli("replicate", "switchover", "--to", "nope", *p)
+    assert unknown.exit_code == 2 and "unknown node" in unknown.stderr
+    healthy = run_cli("replicate", "failover", *p)
+    assert healthy.exit_code != 0 and "healthy" in healthy.stderr
+
+    # A standby whose replay is paused falls behind: switchover to it is refused.
+    cluster = LocalCluster(LocalTarget(load_project(project)))
+    with cluster.node("postgres-3").connect() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        for i in range(20):
+            assert _post(client, f"lag-{i}").status_code == 201
+
+    def lagging() -> bool:
+        nodes_now = _nodes(_json(run_cli, "replicate", "status", "--json", *p))
+        return int(nodes_now["postgres-3"]["lag_bytes"] or 0) > 0
+
+    assert proc.poll_until(lagging, 10)
+    refused = run_cli("replicate", "switchover", "--to", "postgres-3", "--max-lag", "1", *p)
+    assert refused.exit_code != 0 and "behind" in refused.stderr, refused.stderr
+    assert _nodes(_json(run_cli, "replicate", "status", "--json", *p))["postgres"]["role"] == (
+        "primary"
+    )
+    with cluster.node("postgres-3").connect() as conn:
+        conn.execute("SELECT pg_wal_replay_resume()")
+    status = _json(run_cli, "replicate", "status", "--json", *p)
+    assert {n["name"] for n in status["nodes"]} == set(nodes)
+
+    # Switchover and back, data intact.
+    first = _json(run_cli, "replicate", "switchover", "--to", "postgres-2", "--json", *p)
+    assert _nodes(first)["postgres-2"]["role"] == "primary"
+    assert _nodes(first)["postgres"]["role"] == "standby"
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        assert proc.poll_until(lambda: _post(client, "after switchover").status_code == 201, 10)
+        assert client.get(f"/tasks/{task_id}").status_code == 200
+    back = _json(run_cli, "replicate", "switchover", "--to", "postgres", "--json", *p)
+    assert _nodes(back)["postgres"]["role"] == "primary"
+    assert all(n["state"] == "streaming" for n in _nodes(back).values() if n["role"] == "standby")
+
+    # Failover with writes in flight.
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with httpx.Client(base_url=api, timeout=5, trust_env=False) as client:
+            deadline = time.monotonic() + 30
+            n = 0
+            while not stop.is_set() and time.monotonic() < deadline and n < 3000:
+                n += 1
+                try:
+                    response = _post(client, f"inflight-{n}")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 201:
+                    acknowledged.append(int(response.json()["id"]))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert proc.poll_until(lambda: len(acknowledged) >= 20, 15)
+    primary_pid = _primary_pid(project)
+    os.kill(primary_pid, signal.SIGKILL)
+    time.sleep(0.5)
+    stop.set()
+    thread.join(timeout=15)
+
+    result = _json(run_cli, "replicate", "failover", "--json", *p)
+    new_primary = result["primary"]
+    assert new_primary != "postgres"
+    port = _nodes(result)[new_primary]["port"]
+    with _connect(project, port) as conn:
+        rows = conn.execute("SELECT id FROM tasks WHERE id = ANY(%s)", (acknowledged,)).fetchall()
+    assert {r[0] for r in rows} == set(acknowledged), "an acknowledged write was lost"
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        assert proc.poll_until(lambda: _post(client, "after failover").status_code == 201, 10)
+
+    rejoined = _json(run_cli, "replicate", "rejoin", "postgres", "--json", *p)
+    assert _nodes(rejoined)["postgres"]["role"] == "standby"
+    assert _nodes(rejoined)["postgres"]["state"] == "streaming"
+
+    # Removing the standbys is idempotent too.
+    removed = _json(run_cli, "replicate", "--replicas", "0", "--json", *p)
+    assert [n["role"] for n in removed["nodes"]] == ["primary"]
+
+
+def _primary_pid(project: Path) -> int:
+    state = json.loads((project / ".taskscale" / "state.json").read_text())
+    topology = json.loads((project / ".taskscale" / "replication.json").read_text())
+    for service in state["services"]:
+        if service["name"] == topology["primary"]:
+            return int(service["pid"])
+    raise AssertionError("no primary in the state file")
+
+
+def test_replicate_without_stack(tmp_path: Path, run_cli: CliRunner) -> None:
+    assert run_cli("new", "idle", "-o", str(tmp_path), "--no-git").exit_code == 0
+    result = run_cli("replicate", "--project", str(tmp_path / "idle"))
+    assert result.exit_code != 0
+    assert "not running" in result.stderr
+    assert not (tmp_path / "idle" / ".taskscale" / "replication.json").exists()
