@@ -141,6 +141,14 @@ def test_replication_lifecycle(
                 )
         # Reads through the API are served (from standbys) and see the task.
         assert client.get(f"/tasks/{task_id}").status_code == 200
+        # Read-your-writes: a read that insists on the primary sees a write at once, whatever
+        # the standbys' lag; so does a read of the task itself (the write filled the cache).
+        primary = {"X-Read-Consistency": "primary"}
+        for i in range(20):
+            new_id = int(_post(client, f"ryw-{i}").json()["id"])
+            listed = client.get(f"/tasks/?after={new_id - 1}&limit=1", headers=primary)
+            assert [t["id"] for t in listed.json()] == [new_id]
+            assert client.get(f"/tasks/{new_id}").status_code == 200
 
     unknown = run_cli("replicate", "switchover", "--to", "nope", *p)
     assert unknown.exit_code == 2 and "unknown node" in unknown.stderr
