@@ -33,7 +33,7 @@ def _free_block(size: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
-def _set_ports(project: Path) -> dict[str, int]:
+def set_free_ports(project: Path) -> dict[str, int]:
     base = _free_block(48)
     ports = {
         "api": base,
@@ -75,7 +75,7 @@ def stack_project(tmp_path: Path, run_cli: CliRunner) -> Iterator[tuple[Path, di
     result = run_cli("new", "itest", "--output-dir", str(tmp_path), "--no-git")
     assert result.exit_code == 0, result.stderr
     project = tmp_path / "itest"
-    ports = _set_ports(project)
+    ports = set_free_ports(project)
     seen: set[int] = set()
     try:
         yield project, ports

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,33 +18,11 @@ import pytest
 from taskscale.config import load_project
 from taskscale.scaffold import NewProjectSpec, create_project
 from taskscale.targets import get_target
-from taskscale.targets.local.ports import port_free
 from tests.conftest import CliRunner
+from tests.integration.conftest import set_free_ports
 from tests.integration.loadtest_servers import write_scenario
 
 pytestmark = pytest.mark.slow
-
-
-def _free_block(size: int) -> int:
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + size < 65000 and all(port_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-def _set_ports(project: Path) -> int:
-    base = _free_block(24)
-    ports = {"api": base, "app_base": base + 1, "postgres": base + 18, "redis": base + 19}
-    config = project / "taskscale.toml"
-    text = config.read_text()
-    for key, value in ports.items():
-        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
-        assert count == 1, key
-    config.write_text(text)
-    return base
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     project = create_project(
         NewProjectSpec(name="loadapi", output_dir=root, broker="redis", git=False)
     ).path
-    _set_ports(project)
+    set_free_ports(project)
     target = get_target("local", load_project(project))
     pids: list[int] = []
     try:
