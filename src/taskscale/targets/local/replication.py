@@ -238,15 +238,21 @@ class LocalCluster:
             topology.sync = sync
             changed.append(f"sync={'on' if sync else 'off'}")
 
-        while len(topology.standbys) > count:
-            name = topology.standbys.pop()
-            on_step(f"removing standby {name}")
-            # Take it out of synchronous_standby_names and the app first, then stop it.
+        if len(topology.standbys) > count:
+            removed = topology.standbys[count:]
+            topology.standbys = topology.standbys[:count]
+            on_step(f"removing standby {', '.join(removed)}")
+            # Out of synchronous_standby_names and out of the app's read pool first (one
+            # rollout for all of them), then stopped.
             self._apply_sync(topology)
             topology.save(self.state_dir)
             self.target.rollout_apps(run, on_step)
-            self._remove_node(run, name, topology.primary)
-            changed.append(name)
+            for name in removed:
+                self._remove_node(run, name, topology.primary)
+            changed += removed
+            repointed = True
+        else:
+            repointed = False
 
         # Standbys that should run but do not (stopped by `down`, crashed): start them again.
         for name in topology.standbys:
@@ -257,6 +263,7 @@ class LocalCluster:
                 self._start_standby(run, name, topology.primary, fresh=False)
                 changed.append(name)
 
+        added = False
         while len(topology.standbys) < count:
             name = self._next_name(topology)
             on_step(f"cloning standby {name} (pg_basebackup)")
@@ -264,6 +271,7 @@ class LocalCluster:
             topology.standbys.append(name)
             topology.save(self.state_dir)
             changed.append(name)
+            added = True
 
         if topology.standbys:
             on_step("waiting for every standby to stream")
@@ -271,7 +279,7 @@ class LocalCluster:
                 self._wait_streaming(topology.primary, name)
         self._apply_sync(topology)
         topology.save(self.state_dir)
-        if changed:
+        if added or (changed and not repointed):
             self.target.rollout_apps(run, on_step)
         return changed
 
@@ -403,25 +411,31 @@ class LocalCluster:
                 sql.drop_slot(conn, slot)
             for name in topology.standbys:
                 sql.ensure_slot(conn, plan.slot_name(name))
-        # Writes first: the app talks to the new primary as soon as possible.
-        self._apply_sync(topology, require_streaming=False)
-        self.target.rollout_apps(run, on_step)
+        # The standbys that still run follow the new primary at once (a reload): with --sync,
+        # commits on the new primary wait for one of them, so this comes before the app moves.
+        stopped: list[str] = []
         for name in topology.standbys:
-            on_step(f"re-pointing {name} at {topology.primary}")
-            if name in rewind:
-                self._rewind(name, topology.primary)
-            self._make_standby(name, topology.primary)
             record = run.state.services.get(name)
-            if record is not None and record.alive():
+            if record is not None and record.alive() and name not in rewind:
+                on_step(f"re-pointing {name} at {topology.primary}")
+                self._make_standby(name, topology.primary)
                 with self.node(name).connect() as conn:
                     conn.execute("SELECT pg_reload_conf()")
             else:
-                run.state.services.pop(name, None)
-                self._spawn_node(run, name)
+                stopped.append(name)
+        self._apply_sync(topology)
+        # Then the app: writes go to the new primary as soon as its replicas are ready.
+        self.target.rollout_apps(run, on_step)
+        # Last, nodes that must be rewound or restarted (the old primary after a switchover).
+        for name in stopped:
+            on_step(f"starting {name} as a standby of {topology.primary}")
+            if name in rewind:
+                self._rewind(name, topology.primary)
+            self._make_standby(name, topology.primary)
+            run.state.services.pop(name, None)
+            self._spawn_node(run, name)
         for name in topology.standbys:
             self._wait_streaming(topology.primary, name)
-        self._apply_sync(topology)
-        self.target.rollout_apps(run, on_step)
 
     def _next_name(self, topology: Topology) -> str:
         used = set(topology.nodes)
@@ -453,7 +467,7 @@ class LocalCluster:
             with primary.connect() as conn:
                 conn.execute("SELECT pg_reload_conf()")
 
-    def _apply_sync(self, topology: Topology, *, require_streaming: bool = True) -> None:
+    def _apply_sync(self, topology: Topology) -> None:
         """synchronous_standby_names on the primary: ANY 1 of the standbys, or none."""
         standbys = topology.standbys if topology.sync else []
         value = plan.synchronous_standby_names(standbys, bool(standbys))
@@ -462,7 +476,6 @@ class LocalCluster:
                 sql.set_system(conn, "synchronous_standby_names", value)
             else:
                 sql.reset_system(conn, "synchronous_standby_names")
-        del require_streaming
 
     def _start_standby(self, run: _Run, name: str, primary: str, *, fresh: bool) -> None:
         node = self.node(name)
