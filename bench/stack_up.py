@@ -79,8 +79,15 @@ def project_dir(keep: Path | None) -> Iterator[Path]:
 
         if main(["new", "bench", "--output-dir", str(root), "--no-git"]) != 0:
             raise SystemExit("taskscale new failed")
-        base = free_block(24)
-        ports = {"api": base, "app_base": base + 1, "postgres": base + 18, "redis": base + 19}
+        # Same layout as tests/integration/conftest.py: replicas need 2 x max_replicas ports.
+        base = free_block(48)
+        ports = {
+            "api": base,
+            "app_base": base + 1,
+            "postgres": base + 34,
+            "redis": base + 35,
+            "postgres_standby_base": base + 36,
+        }
         config = project / "taskscale.toml"
         text = config.read_text()
         for key, value in ports.items():
