@@ -101,6 +101,19 @@ class LoadtestSection(_Model):
     scenario: str = "mixed"
 
 
+class KubernetesSection(_Model):
+    """The minikube / kubernetes targets (``deploy/k8s``); the manifests are rendered from these."""
+
+    # Every object lives in this namespace; `taskscale down` deletes it.
+    namespace: str = Field("taskscale", pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+    # kubeconfig context; empty: the current context (minikube: "minikube").
+    context: str = ""
+    hpa_max_replicas: int = Field(10, ge=1, le=1000)
+    cpu_target_percent: int = Field(70, ge=1, le=100)
+    scale_down_window_seconds: int = Field(300, ge=0, le=3600)
+    rollout_timeout: float = Field(300.0, gt=0)
+
+
 class ProjectConfig(_Model):
     project: ProjectSection
     ports: PortsSection = PortsSection()
@@ -109,6 +122,7 @@ class ProjectConfig(_Model):
     postgres: PostgresSection = PostgresSection()
     cache: CacheSection = CacheSection()
     loadtest: LoadtestSection = LoadtestSection()
+    kubernetes: KubernetesSection = KubernetesSection()
 
     @model_validator(mode="after")
     def _ports_do_not_overlap(self) -> ProjectConfig:

@@ -38,5 +38,20 @@ def project_from(path: Path | None) -> Project:
 
 TargetName = Annotated[
     str,
-    typer.Option("--target", "-t", help="Where the stack runs: local (processes on this machine)."),
+    typer.Option(
+        "--target",
+        "-t",
+        help="Where the stack runs: local (processes on this machine), minikube, or kubernetes "
+        "(any cluster through a kube context).",
+    ),
+]
+
+KubeContext = Annotated[
+    str | None,
+    typer.Option(
+        "--context",
+        help="kubeconfig context for the minikube/kubernetes targets (default: [kubernetes] "
+        "context in taskscale.toml, else minikube / the current context).",
+        show_default=False,
+    ),
 ]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, ProjectDir, TargetName, project_from
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
 from taskscale.targets import get_target
 
 
@@ -18,10 +18,11 @@ def command(
     ] = False,
     project: ProjectDir = None,
     target: TargetName = "local",
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Stop nginx, the worker, the replicas, Redis and PostgreSQL; free every port."""
-    stack = get_target(target, project_from(project))
+    stack = get_target(target, project_from(project), context=context)
     with console.progress("stopping the stack") as step:
         result = stack.down(purge=purge, on_step=step)
     if json_output:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import ProjectDir, TargetName, project_from
+from taskscale.cli.common import KubeContext, ProjectDir, TargetName, project_from
 from taskscale.targets import get_target
 
 
@@ -24,9 +24,10 @@ def command(
     ] = 50,
     project: ProjectDir = None,
     target: TargetName = "local",
+    context: KubeContext = None,
 ) -> None:
     """Print a service's log (or every log, prefixed by service name)."""
-    lines = get_target(target, project_from(project)).logs(service, tail, follow)
+    lines = get_target(target, project_from(project), context=context).logs(service, tail, follow)
     try:
         for line in lines:
             console.print_text(line)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, ProjectDir, TargetName, project_from
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
 from taskscale.targets import get_target
 from taskscale.targets.base import StackStatus
 
@@ -11,10 +11,11 @@ from taskscale.targets.base import StackStatus
 def command(
     project: ProjectDir = None,
     target: TargetName = "local",
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Show every service of the stack: pid, port, health, uptime, and the endpoints."""
-    status = get_target(target, project_from(project)).status()
+    status = get_target(target, project_from(project), context=context).status()
     if json_output:
         console.print_json(status.to_dict())
         return
@@ -40,14 +41,33 @@ def render(status: StackStatus) -> None:
         for note in status.notes:
             console.info(note)
         return
-    console.table(
-        f"{status.project} on {status.target}",
-        ["service", "kind", "pid", "port", "state", "healthy", "uptime"],
-        [
-            [s.name, s.kind, s.pid, s.port, s.state, s.healthy, _uptime(s.uptime_seconds)]
-            for s in status.services
-        ],
-    )
+    if any(s.desired is not None for s in status.services):
+        # Kubernetes: a service is several pods; show ready/desired instead of a pid.
+        console.table(
+            f"{status.project} on {status.target}",
+            ["service", "kind", "pods", "port", "state", "healthy", "age"],
+            [
+                [
+                    s.name,
+                    s.kind,
+                    f"{s.ready}/{s.desired}",
+                    s.port,
+                    s.state,
+                    s.healthy,
+                    _uptime(s.uptime_seconds),
+                ]
+                for s in status.services
+            ],
+        )
+    else:
+        console.table(
+            f"{status.project} on {status.target}",
+            ["service", "kind", "pid", "port", "state", "healthy", "uptime"],
+            [
+                [s.name, s.kind, s.pid, s.port, s.state, s.healthy, _uptime(s.uptime_seconds)]
+                for s in status.services
+            ],
+        )
     console.print_text(f"API: {status.endpoints.api}")
     for name, url in status.endpoints.extra.items():
         console.print_text(f"{name}: {url}")

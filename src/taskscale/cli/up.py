@@ -8,7 +8,7 @@ import typer
 
 from taskscale import console
 from taskscale.cli import status as status_cli
-from taskscale.cli.common import JsonFlag, ProjectDir, TargetName, project_from
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
 from taskscale.targets import get_target
 
 
@@ -24,12 +24,13 @@ def command(
     ] = None,
     project: ProjectDir = None,
     target: TargetName = "local",
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Start the stack (PostgreSQL, Redis, N app replicas, worker, nginx) or change it to N."""
     proj = project_from(project)
     wanted = replicas if replicas is not None else proj.config.stack.replicas
-    stack = get_target(target, proj)
+    stack = get_target(target, proj, context=context)
     with console.progress("bringing the stack up") as step:
         result = stack.up(wanted, on_step=step)
     if json_output:

@@ -19,6 +19,7 @@ from taskscale.config import (
     CONFIG_FILE,
     Broker,
     ImagesSection,
+    KubernetesSection,
     ProjectConfig,
     ProjectSection,
     check_project_name,
@@ -66,6 +67,7 @@ def default_config(name: str, broker: Broker) -> ProjectConfig:
             name=name, package=package_name(name), broker=broker, taskscale_version=__version__
         ),
         images=ImagesSection(app=f"{name}-app:latest", worker=f"{name}-app:latest"),
+        kubernetes=KubernetesSection(namespace=name),
     )
 
 
@@ -84,6 +86,7 @@ def template_context(config: ProjectConfig) -> dict[str, Any]:
         "max_replicas": config.stack.max_replicas,
         "postgres": config.postgres,
         "loadtest": config.loadtest,
+        "kubernetes": config.kubernetes,
     }
 
 

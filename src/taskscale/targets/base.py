@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from taskscale.replication.model import ClusterStatus, ReplicationChange
 
-ServiceKind = Literal["app", "lb", "postgres", "redis", "worker"]
+ServiceKind = Literal["app", "lb", "postgres", "redis", "worker", "kafka", "loadtest", "job"]
 StepCallback = Callable[[str], None]
 
 
@@ -47,6 +47,9 @@ class ServiceStatus:
     state: str
     uptime_seconds: float | None = None
     log_tail: str | None = None
+    # Pods ready / wanted, on targets where one service is several pods (Kubernetes).
+    ready: int | None = None
+    desired: int | None = None
 
 
 @dataclass(frozen=True)

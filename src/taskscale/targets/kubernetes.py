@@ -1,0 +1,487 @@
+"""The minikube and kubernetes targets: the project's ``deploy/k8s`` overlay on a cluster.
+
+``up`` builds the overlay (``minikube`` or ``production``), checks the cluster can run it
+(context, API, metrics-server for the HPA, and on Minikube that the app image is loaded),
+server-side applies every object with one field manager, then waits for each rollout. ``down``
+deletes the namespace and waits until it is gone. Replication commands are not available here
+yet: the standby StatefulSet streams from the primary, but promotion is not automated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from taskscale import proc
+from taskscale.config import Project
+from taskscale.errors import MissingBinary, ServiceNotReady, TargetError, UsageError
+from taskscale.targets.base import (
+    DownResult,
+    Endpoints,
+    ServiceKind,
+    ServiceStatus,
+    StackStatus,
+    StepCallback,
+    Target,
+    _no_steps,
+    validate_replicas,
+)
+from taskscale.targets.kube import manifests, rollout
+from taskscale.targets.kube.api import FIELD_MANAGER, KubeApi, KubeApiError, object_path
+
+Flavor = Literal["minikube", "kubernetes"]
+Runner = Callable[..., proc.Completed]
+METRICS_API = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"
+POLL_INTERVAL = 1.0
+
+_KIND_OF_COMPONENT: dict[str, ServiceKind] = {
+    "app": "app",
+    "worker": "worker",
+    "redis": "redis",
+    "kafka": "kafka",
+    "migrate": "job",
+}
+
+
+def _service_kind(name: str) -> ServiceKind:
+    if name.startswith("postgres"):
+        return "postgres"
+    if name.startswith("locust"):
+        return "loadtest"
+    return _KIND_OF_COMPONENT.get(name, "app")
+
+
+def _api_version_of(kind: str) -> str:
+    return {
+        "Deployment": "apps/v1",
+        "StatefulSet": "apps/v1",
+        "Job": "batch/v1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+    }[kind]
+
+
+class KubernetesTarget(Target):
+    """A stack on a Kubernetes cluster reached through a kubeconfig context."""
+
+    def __init__(
+        self,
+        project: Project,
+        flavor: Flavor = "kubernetes",
+        *,
+        context: str | None = None,
+        runner: Runner = proc.run,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.project = project
+        self.name = flavor
+        self.flavor = flavor
+        settings = project.config.kubernetes
+        self.namespace = settings.namespace
+        default_context = "minikube" if flavor == "minikube" else None
+        self.context = context or settings.context or default_context
+        self.overlay = "minikube" if flavor == "minikube" else "production"
+        self._run = runner
+        self._poll = poll_interval
+        self._api: KubeApi | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi(self.context)
+        return self._api
+
+    def _ns_path(self, plural: str, api_version: str = "v1", name: str | None = None) -> str:
+        return object_path(api_version, plural, self.namespace, name)
+
+    def _list(self, plural: str, api_version: str = "v1", **query: str) -> list[dict[str, Any]]:
+        data = self.api.request("GET", self._ns_path(plural, api_version), query=query or None)
+        return list(data.get("items") or [])
+
+    def _workloads(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for kind, plural, version in (
+            ("StatefulSet", "statefulsets", "apps/v1"),
+            ("Deployment", "deployments", "apps/v1"),
+            ("Job", "jobs", "batch/v1"),
+        ):
+            for obj in self._list(plural, version):
+                obj["kind"] = kind
+                items.append(obj)
+        return items
+
+    # ------------------------------------------------------------------ preflight
+
+    def preflight(self, objects: list[dict[str, Any]]) -> None:
+        """One clear error (with the fix) for each thing that would make ``up`` fail later."""
+        if self.flavor == "minikube":
+            self._check_minikube_running()
+        self.api.request("GET", "/version", timeout=10)
+        if self.api.get_or_none(METRICS_API) is None:
+            fix = (
+                "minikube addons enable metrics-server"
+                if self.flavor == "minikube"
+                else "kubectl apply -f https://github.com/kubernetes-sigs/metrics-server/"
+                "releases/latest/download/components.yaml"
+            )
+            raise TargetError(
+                f"metrics-server is not installed in context {self.api.context}: the app's "
+                "HorizontalPodAutoscaler cannot read CPU usage",
+                hint=f"run `{fix}`",
+            )
+        if self.flavor == "minikube":
+            self._check_images_loaded(objects)
+
+    def _minikube(self, *args: str, timeout: float = 60) -> proc.Completed:
+        try:
+            return self._run(
+                ["minikube", *args, "-p", self.context or "minikube"], timeout=timeout, check=False
+            )
+        except MissingBinary as exc:
+            raise MissingBinary(
+                "minikube is not installed",
+                hint="install it (https://minikube.sigs.k8s.io/docs/start/) or use "
+                "--target kubernetes with any cluster",
+            ) from exc
+
+    def _check_minikube_running(self) -> None:
+        result = self._minikube("status", "--format", "{{.Host}}/{{.APIServer}}")
+        state = result.stdout.strip()
+        if result.returncode != 0 or state != "Running/Running":
+            raise TargetError(
+                f"minikube is not running (status: {state or 'unknown'})",
+                hint="run `minikube start --cni=calico` (calico enforces the NetworkPolicies)",
+            )
+
+    def _check_images_loaded(self, objects: list[dict[str, Any]]) -> None:
+        listed = self._minikube("image", "ls").stdout.split()
+        present = {normalise_image(image) for image in listed}
+        for image in {self.project.config.images.app, self.project.config.images.worker}:
+            if normalise_image(image) not in present:
+                raise TargetError(
+                    f"image {image} is not in the minikube cluster",
+                    hint=f"build it, then run `minikube image load {image}`",
+                )
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+        settings = self.project.config.kubernetes
+        if replicas > settings.hpa_max_replicas:
+            raise UsageError(
+                f"--replicas {replicas} is above the autoscaler's maximum of "
+                f"{settings.hpa_max_replicas}",
+                hint="raise [kubernetes] hpa_max_replicas in taskscale.toml",
+            )
+        validate_replicas(replicas, settings.hpa_max_replicas)
+        on_step(f"building deploy/k8s/overlays/{self.overlay}")
+        objects = manifests.prepare(
+            manifests.build_overlay(self.project, self.overlay),
+            namespace=self.namespace,
+            min_replicas=replicas,
+            max_replicas=settings.hpa_max_replicas,
+            cpu_target_percent=settings.cpu_target_percent,
+        )
+        on_step(f"checking the cluster (context {self.context or 'current'})")
+        self.preflight(objects)
+        self.apply(objects, on_step)
+        self.wait_rollouts(objects, replicas, timeout=settings.rollout_timeout, on_step=on_step)
+        return self.status()
+
+    def apply(self, objects: list[dict[str, Any]], on_step: StepCallback = _no_steps) -> None:
+        """Server-side apply of every object, in order; a previous Job is replaced."""
+        for obj in objects:
+            kind = obj["kind"]
+            name = obj["metadata"]["name"]
+            on_step(f"applying {kind.lower()}/{name}")
+            info = manifests.KINDS[kind]
+            namespace = self.namespace if info.namespaced else None
+            if kind == "Job":
+                self._delete_job(name)
+            path = object_path(obj["apiVersion"], info.plural, namespace, name)
+            try:
+                self.api.request(
+                    "PATCH",
+                    path,
+                    body=obj,
+                    query={"fieldManager": FIELD_MANAGER, "force": True},
+                    content_type="application/apply-patch+yaml",
+                )
+            except KubeApiError as exc:
+                raise TargetError(
+                    f"the cluster rejected {kind.lower()}/{name}: {exc.message}",
+                    hint="fix deploy/k8s and validate it with `kubectl kustomize ... | "
+                    "kubectl apply --dry-run=server -f -`",
+                ) from exc
+
+    def _delete_job(self, name: str) -> None:
+        # A Job's pod template is immutable: re-running the migrations means a new Job.
+        path = self._ns_path("jobs", "batch/v1", name)
+        if self.api.get_or_none(path) is None:
+            return
+        self.api.request("DELETE", path, query={"propagationPolicy": "Background"})
+        if not proc.poll_until(lambda: self.api.get_or_none(path) is None, 60, max_interval=1.0):
+            raise TargetError(f"the previous job {name} was not deleted within 60s")
+
+    def wait_rollouts(
+        self,
+        objects: list[dict[str, Any]],
+        replicas: int,
+        *,
+        timeout: float,
+        on_step: StepCallback = _no_steps,
+    ) -> list[rollout.Progress]:
+        """Poll every workload until its rollout is done; ServiceNotReady after ``timeout``."""
+        wanted = [
+            (o["kind"], o["metadata"]["name"])
+            for o in objects
+            if o["kind"] in rollout.WORKLOAD_KINDS
+        ]
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for kind, name in wanted:
+                current = self.api.get_or_none(
+                    self._ns_path(manifests.KINDS[kind].plural, _api_version_of(kind), name)
+                )
+                if current is None:
+                    raise TargetError(f"{kind.lower()}/{name} disappeared during the rollout")
+                current["kind"] = kind
+                states.append(rollout.progress(current))
+            pending = [s for s in states if not s.done]
+            if not pending:
+                return states
+            pods = self._list("pods")
+            problem = rollout.image_problem(pods)
+            if problem is not None:
+                pod, image, reason = problem
+                raise TargetError(
+                    f"image {image} is not available to the cluster ({reason} in pod {pod})",
+                    hint=self._image_hint(image),
+                )
+            on_step("waiting for " + ", ".join(s.describe() for s in pending))
+            if time.monotonic() >= deadline:
+                detail = "\n".join(rollout.waiting_reasons(pods)) or None
+                raise ServiceNotReady(
+                    f"rollout did not finish within {timeout:g}s: "
+                    + ", ".join(s.describe() for s in pending),
+                    hint="see `taskscale status` and `taskscale logs COMPONENT` with the same "
+                    "--target; raise [kubernetes] rollout_timeout for slow clusters",
+                    detail=detail,
+                )
+            time.sleep(max(0.0, min(self._poll, deadline - time.monotonic())))
+
+    def _image_hint(self, image: str) -> str:
+        if self.flavor == "minikube":
+            return f"run `minikube image load {image}` (imagePullPolicy is IfNotPresent)"
+        return (
+            f"push {image} to a registry the cluster can pull from and set [images] in "
+            "taskscale.toml to that reference"
+        )
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> StackStatus:
+        endpoints = self.endpoints()
+        if self.api.get_or_none(object_path("v1", "namespaces", None, self.namespace)) is None:
+            return StackStatus(
+                target=self.name,
+                project=self.project.config.project.name,
+                replicas=0,
+                services=[],
+                endpoints=endpoints,
+                notes=[f"namespace {self.namespace} does not exist in context {self.api.context}"],
+            )
+        services: list[ServiceStatus] = []
+        app_replicas = 0
+        for obj in self._workloads():
+            if obj["kind"] == "Job":
+                continue
+            state = rollout.progress(obj)
+            if state.name == "app":
+                app_replicas = state.desired
+            healthy = state.ready >= state.desired
+            if state.desired == 0:
+                phase = "stopped"
+            elif state.ready == 0:
+                phase = "starting"
+            elif state.ready < state.desired:
+                phase = "degraded"
+            else:
+                phase = "running"
+            services.append(
+                ServiceStatus(
+                    name=state.name,
+                    kind=_service_kind(state.name),
+                    pid=None,
+                    port=_first_port(obj),
+                    healthy=healthy,
+                    state=phase,
+                    uptime_seconds=_age(obj),
+                    ready=state.ready,
+                    desired=state.desired,
+                )
+            )
+        services.sort(key=lambda s: (s.kind != "app", s.name))
+        return StackStatus(
+            target=self.name,
+            project=self.project.config.project.name,
+            replicas=app_replicas,
+            services=services,
+            endpoints=endpoints,
+            notes=self._hpa_notes(),
+        )
+
+    def _hpa_notes(self) -> list[str]:
+        notes = []
+        for hpa in self._list("horizontalpodautoscalers", "autoscaling/v2"):
+            spec = hpa.get("spec", {})
+            status = hpa.get("status") or {}
+            target = next(
+                (
+                    m["resource"]["target"].get("averageUtilization")
+                    for m in spec.get("metrics", [])
+                    if m.get("type") == "Resource"
+                ),
+                None,
+            )
+            cpu = next(
+                (
+                    m["resource"]["current"].get("averageUtilization")
+                    for m in status.get("currentMetrics") or []
+                    if m.get("type") == "Resource" and m.get("resource", {}).get("current")
+                ),
+                None,
+            )
+            cpu_text = f"CPU {cpu}%" if cpu is not None else "CPU unknown (metrics-server?)"
+            notes.append(
+                f"autoscaler {hpa['metadata']['name']}: {status.get('currentReplicas', 0)} "
+                f"current / {status.get('desiredReplicas', 0)} desired replicas "
+                f"(min {spec.get('minReplicas')}, max {spec.get('maxReplicas')}); "
+                f"{cpu_text} of {target}% target"
+            )
+        return notes
+
+    def endpoints(self) -> Endpoints:
+        forward = f"kubectl -n {self.namespace} port-forward svc/app 8080:80"
+        if self.flavor == "minikube":
+            try:
+                result = self._minikube("ip", timeout=20)
+            except MissingBinary:
+                result = None
+            if result is not None and result.returncode == 0 and result.stdout.strip():
+                return Endpoints(
+                    api=f"http://{result.stdout.strip()}/", extra={"port-forward": forward}
+                )
+        return Endpoints(
+            api=f"http://app.{self.namespace}.svc.cluster.local",
+            extra={"port-forward": forward},
+        )
+
+    # ------------------------------------------------------------------ logs
+
+    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
+        pods = self._pods_of(service)
+        if not pods:
+            return
+        if follow and len(pods) > 1:
+            names = ", ".join(p["metadata"]["name"] for p in pods)
+            raise UsageError(
+                f"--follow reads one pod at a time; {service or 'the stack'} has {len(pods)}",
+                hint=f"name one of them: {names}",
+            )
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            container = pod["spec"]["containers"][0]["name"]
+            query: dict[str, str | int | bool] = {"container": container, "tailLines": tail}
+            path = self._ns_path("pods", name=name) + "/log"
+            prefix = f"{name} | " if len(pods) > 1 else ""
+            if follow:
+                query["follow"] = True
+                for line in self.api.stream_lines(path, query):
+                    yield prefix + line
+                return
+            try:
+                text = self.api.request_text(path, query)
+            except KubeApiError as exc:
+                yield f"{prefix}(no log: {exc.message})"
+                continue
+            for line in text.splitlines():
+                yield prefix + line
+
+    def _pods_of(self, service: str | None) -> list[dict[str, Any]]:
+        if service is None:
+            return sorted(self._list("pods"), key=lambda p: str(p["metadata"]["name"]))
+        workloads = {o["metadata"]["name"]: o for o in self._workloads()}
+        if service in workloads:
+            labels = workloads[service]["spec"]["selector"].get("matchLabels", {})
+            if workloads[service]["kind"] == "Job":
+                labels = {"job-name": service}
+            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+            return self._list("pods", labelSelector=selector)
+        pods = self._list("pods")
+        by_name = [p for p in pods if p["metadata"]["name"] == service]
+        if by_name:
+            return by_name
+        known = ", ".join(sorted(workloads)) or "none (is the stack up?)"
+        raise UsageError(f"unknown component {service!r} on {self.name}: choose one of {known}")
+
+    # ------------------------------------------------------------------ down
+
+    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
+        path = object_path("v1", "namespaces", None, self.namespace)
+        if self.api.get_or_none(path) is None:
+            return DownResult(target=self.name, stopped=[], purged=False)
+        stopped = sorted(o["metadata"]["name"] for o in self._workloads())
+        on_step(f"deleting namespace {self.namespace}")
+        try:
+            self.api.request("DELETE", path, query={"propagationPolicy": "Foreground"})
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+        timeout = self.project.config.kubernetes.rollout_timeout
+        on_step(f"waiting for namespace {self.namespace} to be gone")
+        if not proc.poll_until(
+            lambda: self.api.get_or_none(path) is None, timeout, max_interval=self._poll
+        ):
+            raise TargetError(
+                f"namespace {self.namespace} is still terminating after {timeout:g}s",
+                hint=f"look for stuck finalizers: kubectl get all,pvc -n {self.namespace}",
+            )
+        # Deleting the namespace deletes its PersistentVolumeClaims: the data is gone too.
+        return DownResult(target=self.name, stopped=stopped, purged=True)
+
+
+def normalise_image(image: str) -> str:
+    """``redis`` -> ``docker.io/library/redis:latest``: the form ``minikube image ls`` prints."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last and not digest:
+        name += ":latest"
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        name = f"docker.io/library/{name}"
+    elif "." not in first and ":" not in first and first != "localhost":
+        name = f"docker.io/{name}"
+    return f"{name}@{digest}" if digest else name
+
+
+def _first_port(obj: dict[str, Any]) -> int | None:
+    for container in obj["spec"]["template"]["spec"].get("containers", []):
+        for port in container.get("ports", []):
+            return int(port["containerPort"])
+    return None
+
+
+def _age(obj: dict[str, Any]) -> float | None:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    if not created:
+        return None
+    try:
+        when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (datetime.now(UTC) - when).total_seconds())

@@ -1,0 +1,166 @@
+"""kmock's KubernetesEmulator served on loopback from a background thread, for the sync client.
+
+Two gaps of the emulator are filled here, as its docs suggest ("inherit and implement"):
+server-side apply (PATCH with application/apply-patch+yaml) creates a missing object as a real
+API server does, and Namespaces (cluster-scoped objects at /api/v1/namespaces/NAME, a path kmock
+reads as "namespace NAME") are kept in a dict, with an optional number of GETs a deleted
+namespace stays "Terminating" to exercise the wait and its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import kmock
+import yaml
+from kmock._internal import enums, rendering
+
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)$")
+RESOURCES = (
+    "v1/pods",
+    "v1/services",
+    "v1/configmaps",
+    "v1/secrets",
+    "apps/v1/deployments",
+    "apps/v1/statefulsets",
+    "batch/v1/jobs",
+    "autoscaling/v2/horizontalpodautoscalers",
+    "policy/v1/poddisruptionbudgets",
+    "networking.k8s.io/v1/networkpolicies",
+    "networking.k8s.io/v1/ingresses",
+    "apiregistration.k8s.io/v1/apiservices",
+)
+
+
+class ApplyingEmulator(kmock.KubernetesEmulator):
+    namespaces: dict[str, dict[str, Any]]
+    # GETs a deleted namespace still answers (Terminating) before it is gone; -1: forever.
+    terminating_gets: int
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.namespaces = {}
+        self.terminating_gets = 0
+        self._terminating: dict[str, int] = {}
+        for resource in RESOURCES:
+            self.resources[resource] = {}  # type: ignore[assignment]
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        match = _NAMESPACE_PATH.match(request.url.path)
+        if match:
+            return self._namespace(request, match.group(1))
+        if (
+            request.method == enums.method.PATCH
+            and request.name is not None
+            and request.subresource is None
+            and request.resource is not None
+            and request.headers.get("Content-Type", "").startswith("application/apply-patch")
+        ):
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects or self.objects[key].deleted:
+                # A real API server creates the object on apply; the merge below is then a no-op.
+                self.objects[key] = request.data
+        return await super()._handle(request)
+
+    def _namespace(self, request: rendering.Request, name: str) -> aiohttp.web.StreamResponse:
+        method = str(request.method).upper()
+        missing = aiohttp.web.json_response(
+            {"kind": "Status", "code": 404, "reason": "NotFound", "message": f"{name} not found"},
+            status=404,
+        )
+        if method.endswith("PATCH"):
+            self.namespaces[name] = {**request.data, "status": {"phase": "Active"}}
+            self._terminating.pop(name, None)
+            return aiohttp.web.json_response(self.namespaces[name])
+        if name not in self.namespaces:
+            return missing
+        if method.endswith("DELETE"):
+            self.namespaces[name]["status"] = {"phase": "Terminating"}
+            self._terminating[name] = self.terminating_gets
+        elif name in self._terminating:
+            left = self._terminating[name]
+            if left == 0:
+                del self.namespaces[name], self._terminating[name]
+                return missing
+            self._terminating[name] = left - 1 if left > 0 else left
+        return aiohttp.web.json_response(self.namespaces[name])
+
+
+@dataclass
+class RunningEmulator:
+    emulator: ApplyingEmulator
+    url: str
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the emulator's loop (its state is not thread-safe)."""
+
+        async def wrapper() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+
+    def requests(self) -> list[rendering.Request]:
+        """Every request the emulator has seen, in order."""
+        return list(self.call(lambda: list(self.emulator)))
+
+    def objects(self, plural: str) -> list[dict[str, Any]]:
+        def collect() -> list[dict[str, Any]]:
+            return [
+                dict(obj.raw)
+                for (resource, _, _), obj in self.emulator.objects.items()
+                if resource.plural == plural and not obj.deleted
+            ]
+
+        return list(self.call(collect))
+
+    def write_kubeconfig(self, path: Path, context: str = "kmock") -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "test-token"}}],
+            "contexts": [
+                {"name": context, "context": {"cluster": "kmock", "user": "kmock"}},
+            ],
+            "current-context": context,
+        }
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return path
+
+
+@contextmanager
+def serve() -> Iterator[RunningEmulator]:
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        async with ApplyingEmulator() as emulator, kmock.Server(emulator) as server:
+            holder["emulator"] = emulator
+            holder["url"] = str(server.url).rstrip("/")
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    if not started.wait(15):
+        raise RuntimeError("the kmock emulator did not start")
+    try:
+        yield RunningEmulator(holder["emulator"], holder["url"], loop)
+    finally:
+        if stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()

@@ -1,0 +1,377 @@
+"""The minikube/kubernetes target against kmock's emulator: apply, rollout waits, status, logs,
+down, and the one-line errors (no kubeconfig, unknown context, unreachable API, no
+metrics-server, image missing). Pods never run there: FakeController patches workload status."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from taskscale import proc
+from taskscale.config import Project, load_project
+from taskscale.errors import ConfigError, MissingBinary, ServiceNotReady, TargetError, UsageError
+from taskscale.targets import get_target
+from taskscale.targets.kubernetes import KubernetesTarget
+from tests.conftest import CliRunner
+from tests.kubernetes.conftest import APPLY, FakeController, needs_kubectl
+from tests.kubernetes.emulator import RunningEmulator
+
+pytestmark = [pytest.mark.kubernetes, needs_kubectl]
+
+
+def target(project: Project, flavor: str = "kubernetes", **kwargs: Any) -> KubernetesTarget:
+    return KubernetesTarget(project, flavor, context="kmock", poll_interval=0.05, **kwargs)  # type: ignore[arg-type]
+
+
+def add_pod(emulator: RunningEmulator, name: str, labels: dict[str, str], **status: Any) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "tasks-api", "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": "tasks-api-app:latest"}]},
+        "status": status,
+    }
+    url = f"{emulator.url}/api/v1/namespaces/tasks-api/pods/{name}"
+    httpx.patch(url, json=body, headers=APPLY).raise_for_status()
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_up_applies_the_overlay_and_waits_for_every_rollout(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    steps: list[str] = []
+    with controller:
+        status = target(k8s_project).up(2, on_step=steps.append)
+
+    deployments = {o["metadata"]["name"]: o for o in emulator.objects("deployments")}
+    assert set(deployments) == {"app", "worker", "redis", "locust-master", "locust-worker"}
+    assert "replicas" not in deployments["app"]["spec"], "the HPA owns the app's replica count"
+    statefulsets = {o["metadata"]["name"] for o in emulator.objects("statefulsets")}
+    assert statefulsets == {"postgres-primary", "postgres-standby"}  # broker redis: no kafka
+    assert {o["metadata"]["name"] for o in emulator.objects("jobs")} == {"migrate"}
+    assert "tasks-api" in emulator.emulator.namespaces
+    for plural in ("deployments", "statefulsets", "services", "configmaps", "secrets"):
+        for obj in emulator.objects(plural):
+            assert obj["metadata"]["namespace"] == "tasks-api"
+    (hpa,) = emulator.objects("horizontalpodautoscalers")
+    assert hpa["spec"]["minReplicas"] == 2
+    assert hpa["spec"]["maxReplicas"] == k8s_project.config.kubernetes.hpa_max_replicas
+    (secret,) = emulator.objects("secrets")
+    secrets_env = k8s_project.root / "deploy/k8s/base/secrets.env"
+    assert secrets_env.stat().st_mode & 0o777 == 0o600
+    assert set(secret["data"]) >= {"POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REDIS_PASSWORD"}
+
+    assert any(s.startswith("applying deployment/app") for s in steps)
+    assert any(s.startswith("waiting for") for s in steps), "rollout progress is reported"
+    assert status.target == "kubernetes"
+    by_name = {s.name: s for s in status.services}
+    assert by_name["postgres-primary"].kind == "postgres"
+    assert by_name["worker"].healthy and by_name["worker"].state == "running"
+    assert by_name["locust-worker"].state == "stopped"  # scaled to 0 until a load test
+    assert any(note.startswith("autoscaler app:") for note in status.notes)
+    assert status.endpoints.extra["port-forward"].startswith("kubectl -n tasks-api")
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_up_server_side_applies_with_one_field_manager_and_replaces_the_job(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    with controller:
+        target(k8s_project).up(1)
+        target(k8s_project).up(3)
+    patches = [
+        r
+        for r in emulator.requests()
+        if str(r.method).upper().endswith("PATCH")
+        and "apiservices" not in r.url.path  # the fixture's metrics-server
+        and r.headers.get("Content-Type", "").startswith("application/apply-patch")
+    ]
+    assert patches and all(
+        r.params == {"fieldManager": "taskscale", "force": "true"} for r in patches
+    )
+    assert all(r.headers.get("Authorization") == "Bearer test-token" for r in patches)
+    deletes = [r for r in emulator.requests() if str(r.method).upper().endswith("DELETE")]
+    assert [r.url.path for r in deletes] == ["/apis/batch/v1/namespaces/tasks-api/jobs/migrate"]
+    (hpa,) = emulator.objects("horizontalpodautoscalers")
+    assert hpa["spec"]["minReplicas"] == 3
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_up_times_out_naming_what_is_not_ready(
+    k8s_project: Project, emulator: RunningEmulator
+) -> None:
+    add_pod(
+        emulator,
+        "app-1",
+        {"app.kubernetes.io/name": "app"},
+        phase="Running",
+        containerStatuses=[
+            {
+                "name": "main",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+            }
+        ],
+    )
+    with pytest.raises(ServiceNotReady) as info:
+        target(k8s_project).up(1)
+    message = info.value.message
+    assert "within 3s" in message and "app 0/1" in message and "migrate running" in message
+    assert info.value.detail is not None and "app-1/main: CrashLoopBackOff" in info.value.detail
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_an_image_the_cluster_cannot_pull_fails_at_once(
+    k8s_project: Project, emulator: RunningEmulator
+) -> None:
+    add_pod(
+        emulator,
+        "app-1",
+        {"app.kubernetes.io/name": "app"},
+        phase="Pending",
+        containerStatuses=[
+            {
+                "name": "main",
+                "image": "tasks-api-app:latest",
+                "state": {"waiting": {"reason": "ImagePullBackOff"}},
+            }
+        ],
+    )
+    with pytest.raises(TargetError) as info:
+        target(k8s_project).up(1)
+    assert "image tasks-api-app:latest is not available to the cluster" in info.value.message
+    assert info.value.hint is not None and "registry" in info.value.hint
+
+
+def test_missing_metrics_server_is_one_line_with_the_fix(
+    k8s_project: Project, emulator: RunningEmulator
+) -> None:
+    with pytest.raises(TargetError) as info:
+        target(k8s_project).up(1)
+    assert "metrics-server is not installed" in info.value.message
+    assert info.value.hint is not None and "metrics-server" in info.value.hint
+    assert emulator.objects("deployments") == [], "nothing is applied before the checks pass"
+
+
+def test_no_kubeconfig(
+    k8s_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    with pytest.raises(TargetError) as info:
+        target(k8s_project).status()
+    assert info.value.message.startswith("no kubeconfig found at")
+    assert info.value.hint is not None and "minikube start" in info.value.hint
+
+
+def test_unknown_context(k8s_project: Project, emulator: RunningEmulator) -> None:
+    stack = KubernetesTarget(k8s_project, "kubernetes", context="prod-eu")
+    with pytest.raises(TargetError) as info:
+        stack.status()
+    assert info.value.message == "unknown kube context 'prod-eu' (known: kmock)"
+
+
+def test_unreachable_api(k8s_project: Project, emulator: RunningEmulator, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    emulator.url = f"http://127.0.0.1:{port}"  # a port nothing listens on
+    emulator.write_kubeconfig(tmp_path / "kubeconfig")
+    with pytest.raises(TargetError) as info:
+        target(k8s_project).status()
+    assert info.value.message.startswith(
+        f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"
+    )
+
+
+def _minikube(outputs: dict[str, tuple[int, str]]) -> Any:
+    def run(argv: list[str], *, timeout: float, check: bool = True) -> proc.Completed:
+        assert argv[0] == "minikube" and timeout > 0
+        code, out = outputs[argv[1]]
+        return proc.Completed(tuple(argv), code, out, "")
+
+    return run
+
+
+def test_minikube_not_running(k8s_project: Project, emulator: RunningEmulator) -> None:
+    runner = _minikube({"status": (7, "Stopped/Stopped")})
+    with pytest.raises(TargetError) as info:
+        target(k8s_project, "minikube", runner=runner).up(1)
+    assert info.value.message == "minikube is not running (status: Stopped/Stopped)"
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_minikube_image_not_loaded(k8s_project: Project, emulator: RunningEmulator) -> None:
+    runner = _minikube(
+        {"status": (0, "Running/Running"), "image": (0, "docker.io/library/redis:7.4-alpine\n")}
+    )
+    with pytest.raises(TargetError) as info:
+        target(k8s_project, "minikube", runner=runner).up(1)
+    assert info.value.message == "image tasks-api-app:latest is not in the minikube cluster"
+    assert info.value.hint == "build it, then run `minikube image load tasks-api-app:latest`"
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_minikube_up_uses_the_minikube_overlay_and_ingress(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    runner = _minikube(
+        {
+            "status": (0, "Running/Running"),
+            "image": (0, "docker.io/library/tasks-api-app:latest\n"),
+            "ip": (0, "192.168.49.2\n"),
+        }
+    )
+    with controller:
+        status = target(k8s_project, "minikube", runner=runner).up(1)
+    assert status.target == "minikube"
+    assert status.endpoints.api == "http://192.168.49.2/"
+    assert [o["metadata"]["name"] for o in emulator.objects("ingresses")] == ["app"]
+
+
+def test_status_of_a_stack_that_is_not_up(k8s_project: Project, emulator: RunningEmulator) -> None:
+    status = target(k8s_project).status()
+    assert status.services == [] and not status.running
+    assert status.notes == ["namespace tasks-api does not exist in context kmock"]
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_down_deletes_the_namespace_and_waits_until_it_is_gone(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    with controller:
+        target(k8s_project).up(1)
+    emulator.emulator.terminating_gets = 3
+    steps: list[str] = []
+    result = target(k8s_project).down(on_step=steps.append)
+    assert result.purged and "app" in result.stopped and "postgres-primary" in result.stopped
+    assert "tasks-api" not in emulator.emulator.namespaces
+    assert steps[-1] == "waiting for namespace tasks-api to be gone"
+    again = target(k8s_project).down()
+    assert again.stopped == [] and not again.purged, "down is safe to repeat"
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_down_times_out_on_a_stuck_namespace(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    with controller:
+        target(k8s_project).up(1)
+    emulator.emulator.terminating_gets = -1
+    with pytest.raises(TargetError) as info:
+        target(k8s_project).down()
+    assert info.value.message == "namespace tasks-api is still terminating after 3s"
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_logs_of_a_component(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    with controller:
+        target(k8s_project).up(1)
+    for name in ("app-a", "app-b"):
+        add_pod(emulator, name, {"app.kubernetes.io/name": "app"}, phase="Running")
+        path = f"get /api/v1/namespaces/tasks-api/pods/{name}/log"
+        text = f"{name} started\n{name} ready\n".encode()
+        emulator.call(lambda p=path, t=text: emulator.emulator[p] << t)
+    lines = list(target(k8s_project).logs("app", tail=10, follow=False))
+    assert lines == [
+        "app-a | app-a started",
+        "app-a | app-a ready",
+        "app-b | app-b started",
+        "app-b | app-b ready",
+    ]
+    (request,) = [r for r in emulator.requests() if r.url.path.endswith("/app-a/log")]
+    assert request.params == {"container": "main", "tailLines": "10"}
+    followed = list(target(k8s_project).logs("app-b", tail=5, follow=True))
+    assert followed == ["app-b started", "app-b ready"]
+    with pytest.raises(UsageError, match="--follow reads one pod at a time"):
+        list(target(k8s_project).logs("app", tail=10, follow=True))
+    with pytest.raises(UsageError, match="unknown component 'nginx'"):
+        list(target(k8s_project).logs("nginx", tail=10, follow=False))
+
+
+def test_get_target_names_and_context(k8s_project: Project) -> None:
+    assert get_target("minikube", k8s_project).name == "minikube"
+    stack = get_target("kubernetes", k8s_project, context="other")
+    assert isinstance(stack, KubernetesTarget) and stack.context == "other"
+    with pytest.raises(UsageError, match="--context applies to"):
+        get_target("local", k8s_project, context="other")
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_cli_up_status_down(
+    run_cli: CliRunner,
+    k8s_project: Project,
+    emulator: RunningEmulator,
+    controller: FakeController,
+) -> None:
+    root = str(k8s_project.root)
+    with controller:
+        up = run_cli("up", "--target", "kubernetes", "--context", "kmock", "-p", root, "-r", "2")
+    assert up.exit_code == 0, up.stderr
+    assert "pods" in up.stdout and "postgres-primary" in up.stdout
+    status = run_cli("status", "--target", "kubernetes", "--context", "kmock", "-p", root, "--json")
+    assert status.exit_code == 0 and '"desired": 1' in status.stdout
+    down = run_cli("down", "--target", "kubernetes", "--context", "kmock", "-p", root)
+    assert down.exit_code == 0 and "stopped: app" in down.stderr
+
+
+def test_cli_error_is_one_line(
+    run_cli: CliRunner, k8s_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    result = run_cli("status", "--target", "minikube", "-p", str(k8s_project.root))
+    assert result.exit_code == 6
+    assert result.stderr.strip().count("\n") == 0 and "no kubeconfig found" in result.stderr
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_kafka_projects_also_wait_for_the_broker(
+    k8s_project_template: dict[str, Path],
+    tmp_path: Path,
+    emulator: RunningEmulator,
+    controller: FakeController,
+) -> None:
+    root = tmp_path / "tasks-api"
+    shutil.copytree(k8s_project_template["kafka"], root)
+    steps: list[str] = []
+    with controller:
+        status = target(load_project(root)).up(1, on_step=steps.append)
+    assert {o["metadata"]["name"] for o in emulator.objects("statefulsets")} == {
+        "kafka",
+        "postgres-primary",
+        "postgres-standby",
+    }
+    assert {s.name: s.kind for s in status.services}["kafka"] == "kafka"
+    waited = [
+        r
+        for r in emulator.requests()
+        if str(r.method).upper().endswith("GET")
+        and r.url.path == "/apis/apps/v1/namespaces/tasks-api/statefulsets/kafka"
+    ]
+    assert waited, "the rollout wait reads the kafka StatefulSet"
+    assert "applying statefulset/kafka" in steps
+
+
+def test_replicas_above_the_autoscaler_maximum(k8s_project: Project) -> None:
+    with pytest.raises(UsageError) as info:
+        target(k8s_project).up(11)
+    assert info.value.message == "--replicas 11 is above the autoscaler's maximum of 10"
+    assert info.value.hint == "raise [kubernetes] hpa_max_replicas in taskscale.toml"
+
+
+def test_a_project_without_deploy_k8s(k8s_project: Project) -> None:
+    shutil.rmtree(k8s_project.root / "deploy" / "k8s")
+    with pytest.raises(ConfigError, match=r"has no kustomization\.yaml"):
+        target(k8s_project).up(1)
+
+
+def test_kubectl_missing(k8s_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MissingBinary) as info:
+        target(k8s_project).up(1)
+    assert info.value.message.startswith("kubectl is not installed")

@@ -1,0 +1,134 @@
+"""Pure parts of the kubernetes target: preparing objects, rollout progress, image names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from taskscale.errors import ConfigError, TargetError
+from taskscale.targets.kube import manifests, rollout
+from taskscale.targets.kubernetes import normalise_image
+
+
+def _objects() -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app"}, "spec": {}},
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "app", "namespace": "old"},
+            "spec": {
+                "minReplicas": 3,
+                "maxReplicas": 10,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+            },
+        },
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old"}},
+    ]
+
+
+def test_prepare_sets_namespace_and_hpa_and_orders_for_apply() -> None:
+    original = _objects()
+    prepared = manifests.prepare(
+        original, namespace="demo", min_replicas=4, max_replicas=12, cpu_target_percent=55
+    )
+    assert [o["kind"] for o in prepared] == [
+        "Namespace",
+        "Secret",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+    ]
+    assert prepared[0]["metadata"] == {"name": "demo"}
+    assert all(o["metadata"]["namespace"] == "demo" for o in prepared[1:])
+    hpa = prepared[-1]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (4, 12)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 55
+    assert original[1]["spec"]["minReplicas"] == 3, "the input is not modified"
+
+
+def test_prepare_refuses_unknown_kinds() -> None:
+    with pytest.raises(ConfigError, match="does not know how to apply"):
+        manifests.prepare(
+            [{"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"}}],
+            namespace="n",
+            min_replicas=1,
+            max_replicas=1,
+            cpu_target_percent=50,
+        )
+
+
+def _deployment(wanted: int, **status: int) -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": "app", "generation": 2},
+        "spec": {"replicas": wanted},
+        "status": {"observedGeneration": 2, **status},
+    }
+
+
+def test_deployment_progress() -> None:
+    assert not rollout.progress(_deployment(3, readyReplicas=2, updatedReplicas=3)).done
+    done = rollout.progress(
+        _deployment(3, replicas=3, readyReplicas=3, updatedReplicas=3, availableReplicas=3)
+    )
+    assert done.done and done.describe() == "app 3/3"
+    # Old pods still terminating: not done yet.
+    surge = _deployment(3, replicas=4, readyReplicas=3, updatedReplicas=3, availableReplicas=3)
+    assert not rollout.progress(surge).done
+    stale = _deployment(1, replicas=1, readyReplicas=1, updatedReplicas=1, availableReplicas=1)
+    stale["status"]["observedGeneration"] = 1
+    assert not rollout.progress(stale).done, "the controller has not seen the new spec"
+    assert rollout.progress(_deployment(0)).done, "scaled to zero is a finished rollout"
+
+
+def test_job_progress_and_failure() -> None:
+    job: dict[str, Any] = {"kind": "Job", "metadata": {"name": "migrate"}, "spec": {}}
+    assert not rollout.progress(job).done
+    job["status"] = {"succeeded": 1}
+    assert rollout.progress(job).done
+    job["status"] = {
+        "conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]
+    }
+    with pytest.raises(TargetError, match="job migrate failed: BackoffLimitExceeded"):
+        rollout.progress(job)
+
+
+def test_image_problem_and_waiting_reasons() -> None:
+    pods = [
+        {
+            "metadata": {"name": "app-1"},
+            "spec": {"containers": [{"name": "app", "image": "demo:1"}]},
+            "status": {
+                "containerStatuses": [
+                    {"name": "app", "state": {"waiting": {"reason": "ErrImageNeverPull"}}}
+                ]
+            },
+        }
+    ]
+    assert rollout.image_problem(pods) == ("app-1", "demo:1", "ErrImageNeverPull")
+    assert rollout.waiting_reasons(pods) == ["app-1/app: ErrImageNeverPull"]
+    assert rollout.image_problem([]) is None
+
+
+@pytest.mark.parametrize(
+    ("image", "normalised"),
+    [
+        ("redis", "docker.io/library/redis:latest"),
+        ("tasks-api-app:latest", "docker.io/library/tasks-api-app:latest"),
+        ("me/app:1", "docker.io/me/app:1"),
+        ("ghcr.io/me/app:1", "ghcr.io/me/app:1"),
+        ("localhost:5000/app", "localhost:5000/app:latest"),
+    ],
+)
+def test_normalise_image(image: str, normalised: str) -> None:
+    assert normalise_image(image) == normalised
