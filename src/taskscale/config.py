@@ -54,9 +54,11 @@ class ProjectSection(_Model):
 class PortsSection(_Model):
     api: int = Field(8080, ge=1, le=65535, description="nginx: the public API port")
     app_base: int = Field(8100, ge=1, le=65535, description="replica i listens on app_base + i")
-    postgres: int = Field(55432, ge=1, le=65535)
-    postgres_standby_base: int = Field(55440, ge=1, le=65535)
-    redis: int = Field(56379, ge=1, le=65535)
+    # Below 32768: Linux hands out 32768-60999 as ephemeral ports for outgoing connections,
+    # which could briefly hold a default port.
+    postgres: int = Field(25432, ge=1, le=65535)
+    postgres_standby_base: int = Field(25440, ge=1, le=65535)
+    redis: int = Field(26379, ge=1, le=65535)
     metrics: int = Field(9090, ge=1, le=65535)
 
 
