@@ -384,14 +384,16 @@ class LocalCluster:
         on_step(f"rewinding {name} onto {topology.primary}'s timeline (pg_rewind)")
         self._rewind(name, topology.primary)
         self._make_standby(name, topology.primary)
+        # The slot first: the node streams through it, and a hot standby accepts connections
+        # (our readiness check) only once it has received enough WAL to be consistent.
+        with self.node(topology.primary).connect() as conn:
+            sql.ensure_slot(conn, plan.slot_name(name))
         on_step(f"starting {name} as a standby")
         self._spawn_node(run, name)
         if name not in topology.standbys:
             topology.standbys.append(name)
         topology.detached = [d for d in topology.detached if d != name]
         topology.save(self.state_dir)
-        with self.node(topology.primary).connect() as conn:
-            sql.ensure_slot(conn, plan.slot_name(name))
         self._wait_streaming(topology.primary, name)
         self._apply_sync(topology)
         self.target.rollout_apps(run, on_step)
