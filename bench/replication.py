@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from taskscale import proc
 from taskscale.config import load_project
 from taskscale.errors import CommandFailed, TaskscaleError
 from taskscale.targets.local import LocalTarget
+from taskscale.targets.local.ports import move_to_free_ports
 
 CLI = "import sys; from taskscale.cli import main; sys.exit(main())"
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -75,44 +75,8 @@ def taskscale(*args: str, project: Path, timeout: float = 180) -> tuple[float, s
     return time.perf_counter() - start, result.stdout
 
 
-def free_block(size: int) -> int:
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + size >= 65000:
-            continue
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no block of free ports")
-
-
 def set_ports(project: Path) -> dict[str, int]:
-    """The layout of tests/integration/conftest.py: app_base needs 2 x max_replicas ports."""
-    base = free_block(48)
-    ports = {
-        "api": base,
-        "app_base": base + 1,
-        "postgres": base + 34,
-        "redis": base + 35,
-        "postgres_standby_base": base + 36,
-    }
-    config = project / "taskscale.toml"
-    text = config.read_text()
-    for key, value in ports.items():
-        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
-        if count != 1:
-            raise SystemExit(f"taskscale.toml: no `{key} =` line")
-    config.write_text(text)
-    return ports
+    return move_to_free_ports(project / "taskscale.toml")
 
 
 def read_env(project: Path) -> dict[str, str]:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from taskscale import proc
 from taskscale.config import load_project
 from taskscale.errors import CommandFailed
 from taskscale.targets.local import LocalTarget
+from taskscale.targets.local.ports import move_to_free_ports
 
 
 def taskscale(*args: str, project: Path, timeout: float = 300) -> float:
@@ -50,26 +50,6 @@ def taskscale(*args: str, project: Path, timeout: float = 300) -> float:
     return time.perf_counter() - start
 
 
-def free_block(size: int) -> int:
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + size >= 65000:
-            continue
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no block of free ports")
-
-
 @contextlib.contextmanager
 def project_dir(keep: Path | None) -> Iterator[Path]:
     root = keep or Path(tempfile.mkdtemp(prefix="ts-bench-"))
@@ -79,20 +59,7 @@ def project_dir(keep: Path | None) -> Iterator[Path]:
 
         if main(["new", "bench", "--output-dir", str(root), "--no-git"]) != 0:
             raise SystemExit("taskscale new failed")
-        # Same layout as tests/integration/conftest.py: replicas need 2 x max_replicas ports.
-        base = free_block(48)
-        ports = {
-            "api": base,
-            "app_base": base + 1,
-            "postgres": base + 34,
-            "redis": base + 35,
-            "postgres_standby_base": base + 36,
-        }
-        config = project / "taskscale.toml"
-        text = config.read_text()
-        for key, value in ports.items():
-            text = re.sub(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
-        config.write_text(text)
+        move_to_free_ports(project / "taskscale.toml")
     try:
         yield project
     finally:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,37 +16,12 @@ import pytest
 
 from taskscale.config import load_project
 from taskscale.targets.local import LocalTarget
-from taskscale.targets.local.ports import port_free
+from taskscale.targets.local.ports import move_to_free_ports
 from tests.conftest import CliRunner
 
 
-def _free_block(size: int) -> int:
-    """A base port with ``size`` consecutive free ports (checked, not reserved)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + size < 65000 and all(port_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 def set_free_ports(project: Path) -> dict[str, int]:
-    base = _free_block(48)
-    ports = {
-        "api": base,
-        "app_base": base + 1,  # up to 16 replicas, twice (blue/green rollouts)
-        "postgres": base + 34,
-        "redis": base + 35,
-        "postgres_standby_base": base + 36,  # up to 12 standbys
-    }
-    config = project / "taskscale.toml"
-    text = config.read_text()
-    for key, value in ports.items():
-        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
-        assert count == 1, key
-    config.write_text(text)
-    return ports
+    return move_to_free_ports(project / "taskscale.toml")
 
 
 def recorded_pids(project: Path) -> list[int]:

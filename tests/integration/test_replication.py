@@ -191,6 +191,7 @@ def test_replication_lifecycle(
 
     # Failover with writes in flight.
     acknowledged: list[int] = []
+    failures = [0]
     stop = threading.Event()
 
     def writer() -> None:
@@ -202,16 +203,20 @@ def test_replication_lifecycle(
                 try:
                     response = _post(client, f"inflight-{n}")
                 except httpx.HTTPError:
+                    failures[0] += 1
                     continue
                 if response.status_code == 201:
                     acknowledged.append(int(response.json()["id"]))
+                else:
+                    failures[0] += 1
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     assert proc.poll_until(lambda: len(acknowledged) >= 20, 15)
     primary_pid = _primary_pid(project)
     os.kill(primary_pid, signal.SIGKILL)
-    time.sleep(0.5)
+    # Keep writing until the clients see the outage (writes in flight at the kill), bounded.
+    assert proc.poll_until(lambda: failures[0] > 0, 10)
     stop.set()
     thread.join(timeout=15)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,15 @@ def test_taken_port_is_named_with_its_purpose_and_holder(listening: int) -> None
 
 def test_ports_of_our_running_services_are_fine(listening: int) -> None:
     ports.check_ports_free({listening: "nginx"}, ours=[listening])
+
+
+def test_move_to_free_ports_gives_a_valid_free_layout(tmp_path: Path) -> None:
+    from taskscale.config import load_config
+    from taskscale.scaffold import NewProjectSpec, create_project
+    from taskscale.targets.local.ports import move_to_free_ports, port_free
+
+    project = create_project(NewProjectSpec(name="p", output_dir=tmp_path, git=False)).path
+    moved = move_to_free_ports(project / "taskscale.toml")
+    config = load_config(project / "taskscale.toml")  # passes the overlap validator
+    assert config.ports.api == moved["api"] and config.ports.redis == moved["redis"]
+    assert all(port_free(port) for port in moved.values())

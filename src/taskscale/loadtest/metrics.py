@@ -159,15 +159,23 @@ class Recorder:
             "last_end": self.last_end if self.total.counts.requests else None,
             "expected_interval_us": self.expected_interval_us,
             "total": self.total.to_dict(),
-            "endpoints": [
-                {"method": method, "name": name, **series.to_dict()}
-                for (method, name), series in sorted(self.endpoints.items())
-            ],
-            "seconds": [
-                {"second": second, **series.to_dict()}
-                for second, series in sorted(self.seconds.items())
-            ],
+            **_series_dicts(self.endpoints, self.seconds),
         }
+
+
+def _series_dicts(
+    endpoints: dict[tuple[str, str], Series], seconds: dict[int, Series]
+) -> dict[str, list[dict[str, Any]]]:
+    """The per-endpoint and per-second parts of a dump (a worker's and the merged run's)."""
+    return {
+        "endpoints": [
+            {"method": method, "name": name, **series.to_dict()}
+            for (method, name), series in sorted(endpoints.items())
+        ],
+        "seconds": [
+            {"second": second, **series.to_dict()} for second, series in sorted(seconds.items())
+        ],
+    }
 
 
 def _record_twice(first: HdrHistogram, second: HdrHistogram, value: int) -> None:
@@ -274,14 +282,7 @@ class RunMetrics:
             "first_start": self.first_start,
             "last_end": self.last_end,
             "total": self.total.to_dict(),
-            "endpoints": [
-                {"method": method, "name": name, **series.to_dict()}
-                for (method, name), series in sorted(self.endpoints.items())
-            ],
-            "seconds": [
-                {"second": second, **series.to_dict()}
-                for second, series in sorted(self.seconds.items())
-            ],
+            **_series_dicts(self.endpoints, self.seconds),
         }
 
     @classmethod

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import psutil
 
@@ -71,3 +73,39 @@ def check_ports_free(needed: Mapping[int, str], ours: Iterable[int] = ()) -> Non
             f"port {port} (needed for {purpose}) is already in use{by}",
             hint="stop that process, or change [ports] in taskscale.toml",
         )
+
+
+def free_block(size: int, attempts: int = 50) -> int:
+    """A base port followed by ``size - 1`` more, all free right now (checked, not reserved)."""
+    for _ in range(attempts):
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            base = int(sock.getsockname()[1])
+        if base + size < 65000 and all(port_free(base + i) for i in range(size)):
+            return base
+    raise PortInUse(f"no block of {size} free loopback ports found in {attempts} tries")
+
+
+def move_to_free_ports(config_path: Path, max_replicas: int = 16) -> dict[str, int]:
+    """Rewrite ``[ports]`` of a taskscale.toml onto one block of currently free ports.
+
+    For tests and benchmarks that run stacks next to each other. The layout matches what the
+    config validator requires: the replicas' 2 x max_replicas ports (blue/green), then
+    PostgreSQL, Redis and the standbys' range.
+    """
+    replicas = 2 * max_replicas
+    base = free_block(replicas + 11)
+    ports = {
+        "api": base,
+        "app_base": base + 1,
+        "postgres": base + 1 + replicas,
+        "redis": base + 2 + replicas,
+        "postgres_standby_base": base + 3 + replicas,
+    }
+    text = config_path.read_text(encoding="utf-8")
+    for key, value in ports.items():
+        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
+        if count != 1:
+            raise ValueError(f"{config_path}: expected one `{key} = N` line, found {count}")
+    config_path.write_text(text, encoding="utf-8")
+    return ports
