@@ -37,12 +37,15 @@ def project_from(path: Path | None) -> Project:
 
 
 TargetName = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--target",
         "-t",
-        help="Where the stack runs: local (processes on this machine), minikube, or kubernetes "
-        "(any cluster through a kube context).",
+        help="Where the stack runs: local (processes on this machine), compose (Docker Compose "
+        "v2), minikube, or kubernetes (any cluster through a kube context). Default: the target "
+        "of the last `up`, else local.",
+        envvar="TASKSCALE_TARGET",
+        show_default=False,
     ),
 ]
 

@@ -8,7 +8,7 @@ import typer
 
 from taskscale import console
 from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import get_target
+from taskscale.targets import active_target, get_target, remember_target
 
 
 def command(
@@ -17,14 +17,17 @@ def command(
         typer.Option("--purge", help="Also delete the stack's data (database, logs)."),
     ] = False,
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Stop nginx, the worker, the replicas, Redis and PostgreSQL; free every port."""
-    stack = get_target(target, project_from(project), context=context)
+    proj = project_from(project)
+    stack = get_target(target, proj, context=context)
     with console.progress("stopping the stack") as step:
         result = stack.down(purge=purge, on_step=step)
+    if active_target(proj) == stack.name:
+        remember_target(proj, None)
     if json_output:
         console.print_json(
             {"target": result.target, "stopped": result.stopped, "purged": result.purged}

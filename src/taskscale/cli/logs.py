@@ -23,7 +23,7 @@ def command(
         int, typer.Option("--tail", "-n", min=0, help="Lines to show from the end of each log.")
     ] = 50,
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     context: KubeContext = None,
 ) -> None:
     """Print a service's log (or every log, prefixed by service name)."""

@@ -42,7 +42,7 @@ def replicate(
         ),
     ] = None,
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Create N hot standbys of the primary, wait until they stream, point reads at them."""
@@ -57,7 +57,7 @@ def replicate(
 @app.command("status")
 def status(
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     json_output: JsonFlag = False,
     watch: Annotated[
         float | None,
@@ -85,7 +85,7 @@ def switchover(
         typer.Option("--max-lag", help="Refuse when the standby is more bytes behind than this."),
     ] = 16 * 1024 * 1024,
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Planned role swap without data loss: the old primary becomes a standby."""
@@ -104,7 +104,7 @@ def failover(
         bool, typer.Option("--force", help="Fail over even though the primary answers (fences it).")
     ] = False,
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     json_output: JsonFlag = False,
 ) -> None:
     """The primary is down: promote a standby and point the app and other standbys at it."""
@@ -118,7 +118,7 @@ def failover(
 def rejoin(
     node: Annotated[str, typer.Argument(help="The former primary (or broken standby).")],
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Bring a node back as a standby of the current primary (pg_rewind when it diverged)."""

@@ -10,7 +10,7 @@ from taskscale.targets.base import StackStatus
 
 def command(
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:

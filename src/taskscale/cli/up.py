@@ -9,7 +9,7 @@ import typer
 from taskscale import console
 from taskscale.cli import status as status_cli
 from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import get_target
+from taskscale.targets import get_target, remember_target
 
 
 def command(
@@ -23,7 +23,7 @@ def command(
         ),
     ] = None,
     project: ProjectDir = None,
-    target: TargetName = "local",
+    target: TargetName = None,
     context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -33,6 +33,7 @@ def command(
     stack = get_target(target, proj, context=context)
     with console.progress("bringing the stack up") as step:
         result = stack.up(wanted, on_step=step)
+    remember_target(proj, stack.name)
     if json_output:
         console.print_json(result.to_dict())
         return

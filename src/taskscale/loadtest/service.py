@@ -43,7 +43,6 @@ from taskscale.targets.base import Target
 SCENARIO_ENV = "TASKSCALE_SCENARIO"
 LOCUSTFILE = Path("loadtest") / "locustfile.py"
 PREFLIGHT_TIMEOUT_S = 5.0
-DEFAULT_TARGET = "local"
 
 StepCallback = Callable[[str], None]
 
@@ -158,7 +157,7 @@ def _target(project: Project | None) -> Target:
             "no taskscale project here: pass --host URL, or run inside a project "
             "(or with --project DIR)"
         )
-    return get_target(DEFAULT_TARGET, project)
+    return get_target(None, project)
 
 
 def _default_run_dir(project: Project | None) -> Path:

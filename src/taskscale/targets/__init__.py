@@ -1,4 +1,9 @@
-"""Deployment targets: one interface (``Target``), one implementation per kind of stack."""
+"""Deployment targets: one interface (``Target``), one implementation per kind of stack.
+
+Commands take ``--target``; without it they use the target the project's last successful
+``up`` used (``.taskscale/target``), else ``local``. So after ``up --target compose``, plain
+``status``, ``logs``, ``loadtest`` and ``down`` talk to the compose stack.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,47 @@ from taskscale.config import Project
 from taskscale.errors import MissingBinary, UsageError
 from taskscale.targets.base import Target
 
-TARGETS = ("local", "minikube", "kubernetes")
+TARGETS = ("local", "compose", "minikube", "kubernetes")
+DEFAULT_TARGET = "local"
+ACTIVE_FILE = "target"
 
 
-def get_target(name: str, project: Project, *, context: str | None = None) -> Target:
-    """The target called ``name`` for ``project`` (``context``: kubeconfig context, k8s only)."""
+def active_target(project: Project) -> str:
+    """The target of the project's last successful ``up`` that was not taken down since."""
+    try:
+        name = (project.state_dir / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return DEFAULT_TARGET
+    return name if name in TARGETS else DEFAULT_TARGET
+
+
+def remember_target(project: Project, name: str | None) -> None:
+    """Record ``name`` as the active target (None: forget it, back to the default)."""
+    path = project.state_dir / ACTIVE_FILE
+    if name is None or name == DEFAULT_TARGET:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(name + "\n", encoding="utf-8")
+
+
+def get_target(name: str | None, project: Project, *, context: str | None = None) -> Target:
+    """The target called ``name`` (None: the active one) for ``project``.
+
+    ``context`` is the kubeconfig context (minikube/kubernetes only).
+    """
+    if name is None:
+        name = active_target(project)
     if context and name not in ("minikube", "kubernetes"):
         raise UsageError(f"--context applies to the minikube and kubernetes targets, not {name}")
     if name == "local":
         from taskscale.targets.local import LocalTarget
 
         return LocalTarget(project)
+    if name == "compose":
+        from taskscale.targets.compose import ComposeTarget
+
+        return ComposeTarget(project)
     if name in ("minikube", "kubernetes"):
         if importlib.util.find_spec("kubernetes") is None:
             raise MissingBinary(

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from taskscale.replication.model import ClusterStatus, ReplicationChange
 
-ServiceKind = Literal["app", "lb", "postgres", "redis", "worker", "kafka", "loadtest", "job"]
+ServiceKind = Literal[
+    "app", "lb", "postgres", "redis", "worker", "kafka", "loadtest", "job", "monitoring"
+]
 StepCallback = Callable[[str], None]
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -83,6 +84,16 @@ async def purge_forever(relay: OutboxRelay, settings: Settings, stop: asyncio.Ev
             await relay.purge(settings.outbox_retention_seconds, settings.idempotency_retention_seconds)
 
 
+async def heartbeat_forever(path: str, stop: asyncio.Event, interval: float = 5.0) -> None:
+    """Touch ``path`` every ``interval`` s while the worker's loops run (a container healthcheck
+    reads its age: a wedged or dead event loop stops touching it)."""
+    beat = Path(path)
+    while not stop.is_set():
+        await asyncio.to_thread(beat.touch)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     db = Database(settings)
     await db.open()
@@ -101,6 +112,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             group.create_task(relay.run(stop))
             group.create_task(consume_forever(consumer, handler, stop))
             group.create_task(purge_forever(relay, settings, stop))
+            if settings.worker_heartbeat_file:
+                group.create_task(heartbeat_forever(settings.worker_heartbeat_file, stop))
     finally:
         await publisher.close()
         await consumer.close()

@@ -1,0 +1,499 @@
+"""``--target compose``: the generated ``deploy/docker-compose.yml`` on a Docker engine.
+
+``up`` builds the app image with the engine's classic builder (no BuildKit needed), then runs
+``docker compose up --detach --wait --scale app=N``; status and logs come from the Docker SDK.
+The stack's choices that outlive one command (how many streaming standbys, sync or async) are
+kept in ``.taskscale/compose.json`` so that a later ``up`` keeps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from taskscale import proc
+from taskscale.config import Project
+from taskscale.errors import (
+    CommandFailed,
+    ConfigError,
+    ServiceNotReady,
+    TargetError,
+    TaskscaleError,
+    UsageError,
+)
+from taskscale.targets.base import (
+    DownResult,
+    Endpoints,
+    ServiceKind,
+    ServiceStatus,
+    StackStatus,
+    StepCallback,
+    Target,
+    _no_steps,
+    validate_replicas,
+)
+from taskscale.targets.compose import pg
+from taskscale.targets.compose.engine import (
+    Compose,
+    build_image,
+    compose_command,
+    docker_client,
+    missing_image_hint,
+)
+from taskscale.targets.local.ports import check_ports_free
+
+COMPOSE_FILE = Path("deploy") / "docker-compose.yml"
+DOCKERFILE = "deploy/Dockerfile"
+STATE_FILE = "compose.json"
+MAX_STANDBYS = 8
+PROFILES_ALL = ("replication", "observability")
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ONE_SHOT = frozenset({"migrate"})
+
+_KINDS: dict[str, ServiceKind] = {
+    "app": "app",
+    "nginx": "lb",
+    "postgres": "postgres",
+    "postgres-standby": "postgres",
+    "redis": "redis",
+    "worker": "worker",
+    "kafka": "kafka",
+    "migrate": "job",
+}
+_PORTS = {"app": 8000, "postgres": 5432, "postgres-standby": 5432, "redis": 6379, "kafka": 9092}
+# Start-up order, used to list services the way they depend on each other.
+_ORDER = ["postgres", "postgres-standby", "redis", "kafka", "migrate", "app", "worker", "nginx"]
+
+
+@dataclass
+class ComposeState:
+    standbys: int = 0
+    sync: bool = False
+
+
+class ComposeTarget(Target):
+    name = "compose"
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.config = project.config
+        self.compose_file = project.root / COMPOSE_FILE
+        self.state_path = project.state_dir / STATE_FILE
+        self._client: Any = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    @property
+    def image(self) -> str:
+        return os.environ.get("TASKSCALE_APP_IMAGE") or self.config.images.app
+
+    def load_state(self) -> ComposeState:
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            return ComposeState(standbys=int(data["standbys"]), sync=bool(data["sync"]))
+        except FileNotFoundError:
+            return ComposeState()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{self.state_path} is damaged: {exc}",
+                hint="delete it; the next `up` starts without standbys",
+            ) from exc
+
+    def save_state(self, state: ComposeState) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state)) + "\n", encoding="utf-8")
+        tmp.replace(self.state_path)
+
+    def compose(self, state: ComposeState) -> Compose:
+        if not self.compose_file.is_file():
+            raise ConfigError(
+                f"{self.compose_file} is missing",
+                hint="regenerate it: `taskscale new NAME` in the parent directory keeps the "
+                "project's secrets and files you changed",
+            )
+        secrets = self.project.secrets()
+        replica_url = ""
+        if state.standbys > 0:
+            replica_url = (
+                f"postgresql+psycopg://{secrets.get('POSTGRES_USER', '')}:"
+                f"{secrets.get('POSTGRES_PASSWORD', '')}@postgres-standby:5432/"
+                f"{secrets.get('POSTGRES_DB', '')}"
+            )
+        env = {
+            "TASKSCALE_API_PORT": str(self.config.ports.api),
+            "TASKSCALE_READ_REPLICA_URLS": replica_url,
+        }
+        return Compose(self.compose_file, self.project.env_file, self.config.project.name, env)
+
+    @staticmethod
+    def profiles(state: ComposeState) -> tuple[str, ...]:
+        return ("replication",) if state.standbys > 0 else ()
+
+    def containers(self, service: str | None = None) -> list[Any]:
+        filters = [f"{PROJECT_LABEL}={self.config.project.name}"]
+        if service is not None:
+            filters.append(f"{SERVICE_LABEL}={service}")
+        found = self.client.containers.list(all=True, filters={"label": filters})
+        return sorted(found, key=_sort_key)
+
+    def _running(self, service: str) -> list[Any]:
+        return [c for c in self.containers(service) if c.status == "running"]
+
+    # ------------------------------------------------------------------ up / scale
+
+    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+        validate_replicas(replicas, self.config.stack.max_replicas)
+        state = self.load_state()
+        compose = self.compose(state)
+        compose_command()
+        on_step("checking the Docker engine")
+        was_running = bool(self._running("nginx"))
+        if not was_running:
+            check_ports_free({self.config.ports.api: "the API (nginx)"})
+        self.build(on_step)
+        on_step(f"docker compose up: {replicas} app replicas, waiting until healthy")
+        timeout = max(120.0, self.config.stack.ready_timeout * 4)
+        args = ["up", "--detach", "--wait", "--wait-timeout", str(int(timeout)), "--no-build"]
+        args += ["--scale", f"app={replicas}"]
+        if state.standbys:
+            args += ["--scale", f"postgres-standby={state.standbys}"]
+        try:
+            compose.run(*args, timeout=timeout + 60, profiles=self.profiles(state))
+        except CommandFailed as exc:
+            raise self._not_ready(exc, stop=not was_running, state=state, on_step=on_step) from exc
+        if state.standbys:
+            on_step("checking the standbys")
+            self._converge_replication(state, on_step)
+        return self.status()
+
+    def build(self, on_step: StepCallback = _no_steps) -> None:
+        on_step(f"building {self.image}")
+        buildargs = {}
+        if base := os.environ.get("TASKSCALE_PYTHON_IMAGE"):
+            buildargs["BASE_IMAGE"] = base
+        for line in build_image(
+            self.client,
+            context=self.project.root,
+            dockerfile=DOCKERFILE,
+            tag=self.image,
+            buildargs=buildargs,
+        ):
+            if line.startswith("Step "):
+                on_step(f"building {self.image}: {line[:70]}")
+
+    def _not_ready(
+        self, exc: CommandFailed, *, stop: bool, state: ComposeState, on_step: StepCallback
+    ) -> Exception:
+        """The service that kept `up` from finishing, with its log tail; a first `up` that failed
+        is taken down again so nothing half-started is left behind."""
+        culprit = None
+        for container in self.containers():
+            service = container.labels.get(SERVICE_LABEL, "?")
+            exit_code = container.attrs.get("State", {}).get("ExitCode", 0)
+            if container.status != "running" and not (service in ONE_SHOT and exit_code == 0):
+                culprit = container
+                break
+            if _health(container) == "unhealthy":
+                culprit = container
+                break
+        message = str(exc.detail or exc).strip().splitlines()
+        first = message[-1] if message else str(exc)
+        if culprit is not None:
+            log = _decode(culprit.logs(tail=20))
+            error: TaskscaleError = ServiceNotReady(
+                f"{culprit.name} did not become ready ({first})",
+                detail=proc.tail(log) or None,
+            )
+        else:
+            error = TargetError(
+                f"docker compose up failed: {first}",
+                hint=missing_image_hint(first),
+                detail=exc.detail,
+            )
+        if stop:
+            on_step("stopping what was started")
+            with contextlib.suppress(TaskscaleError):
+                self.compose(state).run(
+                    "down", "--timeout", "10", timeout=120, profiles=PROFILES_ALL, check=False
+                )
+        return error
+
+    # ------------------------------------------------------------------ status / logs
+
+    def status(self) -> StackStatus:
+        containers = self.containers()
+        services = [self._service_status(c) for c in containers]
+        replicas = sum(
+            1 for c in containers if c.labels.get(SERVICE_LABEL) == "app" and c.status == "running"
+        )
+        notes = [] if containers else ["not running: `taskscale up --target compose` starts it"]
+        return StackStatus(
+            target=self.name,
+            project=self.config.project.name,
+            replicas=replicas,
+            services=services,
+            endpoints=self.endpoints(),
+            notes=notes,
+        )
+
+    def _service_status(self, container: Any) -> ServiceStatus:
+        service = container.labels.get(SERVICE_LABEL, "?")
+        info = container.attrs.get("State", {})
+        exit_code = info.get("ExitCode", 0)
+        if container.status == "running":
+            state = "running"
+            health = _health(container)
+            healthy = health in (None, "healthy")
+        elif service in ONE_SHOT and exit_code == 0 and container.status == "exited":
+            state, healthy = "completed", True
+        else:
+            state = "dead" if container.status in ("exited", "dead") else "stopped"
+            healthy = False
+        port = self.config.ports.api if service == "nginx" else _PORTS.get(service)
+        log_tail = None
+        if not healthy:
+            log_tail = proc.tail(_decode(container.logs(tail=10)), 10) or None
+        return ServiceStatus(
+            name=container.name,
+            kind=_KINDS.get(service, "monitoring"),
+            pid=info.get("Pid") or None,
+            port=port,
+            healthy=healthy,
+            state=state,
+            uptime_seconds=_uptime(info) if state == "running" else None,
+            log_tail=log_tail,
+        )
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints(api=f"http://127.0.0.1:{self.config.ports.api}")
+
+    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
+        containers = self.containers()
+        if service is not None:
+            by_service = [c for c in containers if c.labels.get(SERVICE_LABEL) == service]
+            chosen = by_service or [c for c in containers if c.name == service]
+            if not chosen:
+                names = sorted({c.labels.get(SERVICE_LABEL, "?") for c in containers})
+                known = ", ".join(names) or "(none: run `taskscale up --target compose`)"
+                raise UsageError(f"unknown service {service!r}: choose one of {known}")
+        else:
+            chosen = containers
+        prefix = len(chosen) > 1
+        if not follow:
+            return iter(self._tail_lines(chosen, tail, prefix))
+        return self._follow(chosen, tail, prefix)
+
+    def _tail_lines(self, containers: list[Any], tail: int, prefix: bool) -> list[str]:
+        lines: list[str] = []
+        for container in containers:
+            for line in _decode(container.logs(tail=tail)).splitlines():
+                lines.append(f"{container.name} | {line}" if prefix else line)
+        return lines
+
+    def _follow(self, containers: list[Any], tail: int, prefix: bool) -> Iterator[str]:
+        lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+
+        def pump(container: Any) -> None:
+            pending = ""
+            try:
+                for chunk in container.logs(stream=True, follow=True, tail=tail):
+                    pending += _decode(chunk)
+                    *complete, pending = pending.split("\n")
+                    for line in complete:
+                        lines.put(f"{container.name} | {line}" if prefix else line)
+            except Exception:  # noqa: S110 - a container going away ends its stream
+                pass
+            finally:
+                lines.put(None)
+
+        for container in containers:
+            threading.Thread(target=pump, args=(container,), daemon=True).start()
+        open_streams = len(containers)
+        while open_streams:
+            item = lines.get()
+            if item is None:
+                open_streams -= 1
+                continue
+            yield item
+
+    # ------------------------------------------------------------------ down
+
+    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
+        before = [c.name for c in self.containers()]
+        state = self.load_state()
+        on_step("docker compose down" + (" --volumes" if purge else ""))
+        args = ["down", "--timeout", "20", "--remove-orphans"]
+        if purge:
+            args.append("--volumes")
+        self.compose(state).run(*args, timeout=240, profiles=PROFILES_ALL)
+        left = [c.name for c in self.containers()]
+        if left:
+            raise TargetError(f"containers still present after down: {', '.join(left)}")
+        if purge:
+            self.state_path.unlink(missing_ok=True)
+        return DownResult(target=self.name, stopped=before, purged=purge)
+
+    # ------------------------------------------------------------------ replication
+
+    def _primary(self) -> Any:
+        running = self._running("postgres")
+        if not running:
+            raise TargetError(
+                "the compose stack's PostgreSQL is not running",
+                hint="start the stack first: taskscale up --target compose",
+            )
+        return running[0]
+
+    def _psql(self, sql: str) -> list[list[str]]:
+        secrets = self.project.secrets()
+        return pg.query(
+            self._primary(),
+            sql,
+            user=secrets.get("POSTGRES_USER", self.config.postgres.user),
+            database=secrets.get("POSTGRES_DB", self.config.postgres.database),
+        )
+
+    def replication_status(self) -> Any:
+        standbys = self._running("postgres-standby")
+        return pg.cluster_status(
+            self.name, self._primary().name, standbys, self._psql, sync=self.load_state().sync
+        )
+
+    def replicate(
+        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
+    ) -> Any:
+        from taskscale.replication.model import ReplicationChange
+
+        started = time.monotonic()
+        old = self.load_state()
+        wanted = ComposeState(
+            standbys=max(old.standbys, 1) if standbys is None else standbys,
+            sync=old.sync if sync is None else sync,
+        )
+        if not 0 <= wanted.standbys <= MAX_STANDBYS:
+            raise UsageError(f"--replicas must be between 0 and {MAX_STANDBYS} standbys")
+        if wanted.sync and wanted.standbys == 0:
+            raise UsageError("--sync needs at least one standby")
+        apps = self._running("app")
+        if not apps or not self._running("postgres"):
+            raise TargetError(
+                "the compose stack is not running",
+                hint="start it first: taskscale up --target compose",
+            )
+        changed: list[str] = []
+        if old.sync and (not wanted.sync or wanted.standbys < old.standbys):
+            # Never leave the primary waiting for a standby that is about to go away.
+            on_step("switching commits to asynchronous")
+            self._psql(pg.set_sync_sql(False))
+        on_step(f"docker compose up: {wanted.standbys} standbys, app reads re-pointed")
+        timeout = max(180.0, self.config.stack.ready_timeout * 6)
+        try:
+            self.compose(wanted).run(
+                "up",
+                "--detach",
+                "--wait",
+                "--wait-timeout",
+                str(int(timeout)),
+                "--no-build",
+                "--scale",
+                f"app={len(apps)}",
+                "--scale",
+                f"postgres-standby={wanted.standbys}",
+                timeout=timeout + 60,
+                profiles=("replication",),
+            )
+        except CommandFailed as exc:
+            raise self._not_ready(exc, stop=False, state=wanted, on_step=on_step) from exc
+        if wanted.standbys != old.standbys:
+            changed.append(f"standbys: {old.standbys} -> {wanted.standbys}")
+        if wanted.sync != old.sync:
+            changed.append("sync" if wanted.sync else "async")
+        self.save_state(wanted)
+        self._converge_replication(wanted, on_step)
+        return ReplicationChange(
+            action="replicate",
+            changed=changed,
+            status=self.replication_status(),
+            seconds=time.monotonic() - started,
+        )
+
+    def _converge_replication(self, state: ComposeState, on_step: StepCallback) -> None:
+        """Wait until every standby streams, then apply sync and drop slots of removed ones."""
+        deadline = time.monotonic() + max(60.0, self.config.stack.ready_timeout * 2)
+        while True:
+            streaming = [r for r in self._psql(pg.SENDERS_SQL) if r[1] == "streaming"]
+            if len(streaming) >= state.standbys:
+                break
+            if time.monotonic() > deadline:
+                raise ServiceNotReady(
+                    f"{len(streaming)} of {state.standbys} standbys are streaming after "
+                    f"{deadline:.0f}s",
+                    hint="see `taskscale logs postgres-standby --target compose`",
+                )
+            on_step(f"waiting for standbys to stream ({len(streaming)}/{state.standbys})")
+            time.sleep(0.5)
+        self._psql(pg.set_sync_sql(state.sync and state.standbys > 0))
+        self._psql(pg.DROP_STALE_SLOTS_SQL)
+
+    def switchover(self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps) -> Any:
+        raise self._local_only("switchover")
+
+    def failover(self, to: str | None, force: bool, on_step: StepCallback = _no_steps) -> Any:
+        raise self._local_only("failover")
+
+    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> Any:
+        raise self._local_only("rejoin")
+
+    def _local_only(self, what: str) -> TaskscaleError:
+        return TargetError(
+            f"replicate {what} runs on the local target only; the compose stack's primary is "
+            "the `postgres` service",
+            hint="on compose, change standbys: taskscale replicate --replicas N --target compose",
+        )
+
+
+def _sort_key(container: Any) -> tuple[int, str]:
+    service = container.labels.get(SERVICE_LABEL, "")
+    rank = _ORDER.index(service) if service in _ORDER else len(_ORDER)
+    number = container.labels.get("com.docker.compose.container-number", "0")
+    return (rank, f"{service}-{int(number):04d}" if number.isdigit() else container.name)
+
+
+def _health(container: Any) -> str | None:
+    health = container.attrs.get("State", {}).get("Health")
+    return str(health.get("Status")) if isinstance(health, dict) else None
+
+
+def _uptime(state: dict[str, Any]) -> float | None:
+    started = str(state.get("StartedAt", ""))
+    if not started or started.startswith("0001-"):
+        return None
+    # Docker reports nanoseconds: keep microseconds for fromisoformat.
+    head, _, rest = started.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
+    try:
+        when = datetime.fromisoformat(f"{head}.{fraction or '0'}+00:00")
+    except ValueError:
+        return None
+    return max(0.0, (datetime.now(UTC) - when).total_seconds())
+
+
+def _decode(data: bytes | str) -> str:
+    return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data

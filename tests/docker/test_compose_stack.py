@@ -1,0 +1,135 @@
+"""The compose target end to end on a real Docker engine (issue 6's scenario)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import CliRunner
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _status(run_cli: CliRunner, project: Path) -> dict[str, Any]:
+    result = run_cli("status", "--json", "--project", str(project))
+    assert result.exit_code == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def _instances(api: str, count: int) -> Counter[str]:
+    seen = Counter[str]()
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        for _ in range(count):
+            response = client.get("/tasks/", params={"limit": 5})
+            assert response.status_code == 200, response.text
+            seen[response.headers["x-instance-id"]] += 1
+    return seen
+
+
+def test_compose_up_scale_replicate_loadtest_down(
+    run_cli: CliRunner, compose_project: Path, docker_engine: Any
+) -> None:
+    project = str(compose_project)
+    result = run_cli("up", "--target", "compose", "--replicas", "3", "--project", project)
+    assert result.exit_code == 0, result.stderr
+    status = _status(run_cli, compose_project)
+    assert status["target"] == "compose"  # remembered: no --target needed any more
+    apps = [s for s in status["services"] if s["kind"] == "app"]
+    assert len(apps) == 3 and all(s["healthy"] for s in apps), apps
+    kinds = {s["kind"] for s in status["services"]}
+    assert {"app", "lb", "postgres", "redis", "worker"} <= kinds
+    api = status["endpoints"]["api"]
+
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        created = client.post("/tasks/", json={"title": "compose"})
+        assert created.status_code == 201, created.text
+    assert len(_instances(api, 60)) == 3
+
+    # Scale in while clients loop: nginx re-resolves the service, so no request may fail.
+    stop = threading.Event()
+    errors: list[str] = []
+    answered = Counter[str]()
+
+    def loop() -> None:
+        with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+            deadline = time.monotonic() + 120
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = client.get("/tasks/", params={"limit": 5})
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}")
+                else:
+                    answered[response.headers["x-instance-id"]] += 1
+
+    clients = [threading.Thread(target=loop) for _ in range(3)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        result = run_cli("up", "--replicas", "2", "--project", project)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert errors == [], errors[:5]
+    assert sum(answered.values()) > 50
+    assert _status(run_cli, compose_project)["replicas"] == 2
+
+    result = run_cli("replicate", "--replicas", "1", "--json", "--project", project)
+    assert result.exit_code == 0, result.stderr
+    cluster = json.loads(result.stdout)
+    standbys = [n for n in cluster["nodes"] if n["role"] == "standby"]
+    assert [n["state"] for n in standbys] == ["streaming"], cluster
+    result = run_cli("replicate", "status", "--json", "--project", project)
+    assert result.exit_code == 0, result.stderr
+    assert len([n for n in json.loads(result.stdout)["nodes"] if n["role"] == "standby"]) == 1
+    assert len(_instances(api, 10)) == 2  # the re-pointed replicas serve
+
+    out = compose_project / "run"
+    result = run_cli(
+        "loadtest", "--duration", "10s", "--users", "10", "--spawn-rate", "10",
+        "--processes", "1", "--out", str(out), "--project", project,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["environment"]["target"] == "compose"
+    assert report["total"]["requests"] > 0
+
+    result = run_cli("down", "--purge", "--project", project)
+    assert result.exit_code == 0, result.stderr
+    label = f"com.docker.compose.project={compose_project.name}"
+    assert docker_engine.containers.list(all=True, filters={"label": label}) == []
+    assert docker_engine.networks.list(filters={"label": label}) == []
+    assert docker_engine.volumes.list(filters={"label": label}) == []
+    again = run_cli("down", "--target", "compose", "--project", project)
+    assert again.exit_code == 0, again.stderr
+
+
+def test_compose_up_failure_names_the_service_and_cleans_up(
+    run_cli: CliRunner, compose_project: Path, docker_engine: Any
+) -> None:
+    # A broken migration: `up` must name the failing service, show its log, and stop the rest.
+    migration = compose_project / "migrations" / "versions" / "0001_initial.py"
+    migration.write_text(migration.read_text() + "\nraise RuntimeError('broken on purpose')\n")
+    result = run_cli(
+        "up", "--target", "compose", "--replicas", "1", "--project", str(compose_project)
+    )
+    assert result.exit_code != 0
+    assert (
+        "migrate" in result.stderr and "Traceback (most recent" not in result.stderr.splitlines()[0]
+    )
+    label = f"com.docker.compose.project={compose_project.name}"
+    assert docker_engine.containers.list(filters={"label": label}) == []
