@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, ProjectDir
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
 from taskscale.cli.render_report import render_report
 from taskscale.config import Project, load_project
 from taskscale.errors import ProjectNotFound, SloFailed
@@ -39,7 +39,11 @@ def command(
     ] = None,
     processes: Annotated[
         int | None,
-        typer.Option("--processes", help="Locust processes (default: one per CPU core)."),
+        typer.Option(
+            "--processes",
+            help="Locust processes (default: one per CPU core); minikube/kubernetes: worker "
+            "pods (default 2).",
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -60,6 +64,8 @@ def command(
         typer.Option("--sweep-replicas", help="Run once per replica count, e.g. 1,2,3."),
     ] = None,
     project_dir: ProjectDir = None,
+    target: TargetName = "local",
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Load-test the stack with Locust; exact HDR percentiles, SLO gates, reports."""
@@ -84,6 +90,8 @@ def command(
         baseline=baseline,
         threshold_pct=threshold,
         sweep=sweep_replicas,
+        target=target,
+        context=context,
     )
     with console.progress("checking the host") as step:
         outcome = run_loadtest(spec, project, on_progress=lambda p: step(p.line()), on_step=step)
