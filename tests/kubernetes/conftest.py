@@ -17,6 +17,7 @@ from tests.kubernetes.emulator import RunningEmulator, serve
 
 METRICS_APISERVICE = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"
 APPLY = {"Content-Type": "application/apply-patch+yaml"}
+APP_IMAGE = "registry.example.com/tasks-api-app:1.0"
 
 needs_kubectl = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl (for `kubectl kustomize`) is not installed"
@@ -32,6 +33,11 @@ def k8s_project_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         result = create_project(
             NewProjectSpec(name="tasks-api", output_dir=base, broker=broker, git=False)
         )
+        # A pushed image: `up --target kubernetes` refuses a local-only name.
+        for path in [result.path / "taskscale.toml", *(result.path / "deploy/k8s").rglob("*")]:
+            if path.is_file():
+                text = path.read_text(encoding="utf-8")
+                path.write_text(text.replace("tasks-api-app:latest", APP_IMAGE), encoding="utf-8")
         out[broker] = result.path
     return out
 

@@ -10,6 +10,7 @@ namespace stays "Terminating" to exercise the wait and its timeout.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import yaml
 from kmock._internal import enums, rendering
 
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)$")
+_EXEC_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
 RESOURCES = (
     "v1/pods",
     "v1/services",
@@ -44,14 +46,46 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
     namespaces: dict[str, dict[str, Any]]
     # GETs a deleted namespace still answers (Terminating) before it is gone; -1: forever.
     terminating_gets: int
+    # Pod exec over the websocket protocol the official client speaks (v4.channel.k8s.io):
+    # pod name -> (stdout, stderr, exit code); every exec is recorded as (pod, container, argv).
+    exec_results: dict[str, tuple[str, str, int]]
+    execs: list[tuple[str, str, list[str]]]
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.namespaces = {}
         self.terminating_gets = 0
+        self.exec_results = {}
+        self.execs = []
         self._terminating: dict[str, int] = {}
         for resource in RESOURCES:
             self.resources[resource] = {}  # type: ignore[assignment]
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        match = _EXEC_PATH.match(raw_request.path)
+        if match and raw_request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._exec(raw_request, match.group(2))
+        return await super().__call__(raw_request)
+
+    async def _exec(self, raw: aiohttp.web.BaseRequest, pod: str) -> aiohttp.web.StreamResponse:
+        ws = aiohttp.web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
+        await ws.prepare(raw)
+        self.execs.append((pod, raw.query.get("container", ""), raw.query.getall("command", [])))
+        stdout, stderr, code = self.exec_results.get(pod, ("", f"no such pod {pod}\n", 1))
+        for channel, text in ((1, stdout), (2, stderr)):
+            if text:
+                await ws.send_bytes(bytes([channel]) + text.encode())
+        status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        if code:
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
+        await ws.send_bytes(b"\x03" + json.dumps(status).encode())
+        await ws.close()
+        return ws
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         match = _NAMESPACE_PATH.match(request.url.path)

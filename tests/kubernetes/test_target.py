@@ -18,13 +18,20 @@ from taskscale.errors import ConfigError, MissingBinary, ServiceNotReady, Target
 from taskscale.targets import get_target
 from taskscale.targets.kubernetes import KubernetesTarget
 from tests.conftest import CliRunner
-from tests.kubernetes.conftest import APPLY, FakeController, needs_kubectl
+from tests.kubernetes.conftest import APP_IMAGE, APPLY, FakeController, needs_kubectl
 from tests.kubernetes.emulator import RunningEmulator
 
 pytestmark = [pytest.mark.kubernetes, needs_kubectl]
 
 
+def _in_registry(argv: list[str], *, timeout: float, check: bool = True) -> proc.Completed:
+    """The registry query of the image check: every image is there."""
+    assert argv[:3] == ["docker", "manifest", "inspect"] and timeout > 0
+    return proc.Completed(tuple(argv), 0, "{}", "")
+
+
 def target(project: Project, flavor: str = "kubernetes", **kwargs: Any) -> KubernetesTarget:
+    kwargs.setdefault("runner", _in_registry)
     return KubernetesTarget(project, flavor, context="kmock", poll_interval=0.05, **kwargs)  # type: ignore[arg-type]
 
 
@@ -210,8 +217,8 @@ def test_minikube_image_not_loaded(k8s_project: Project, emulator: RunningEmulat
     )
     with pytest.raises(TargetError) as info:
         target(k8s_project, "minikube", runner=runner).up(1)
-    assert info.value.message == "image tasks-api-app:latest is not in the minikube cluster"
-    assert info.value.hint == "build it, then run `minikube image load tasks-api-app:latest`"
+    assert info.value.message == f"image {APP_IMAGE} is not in the minikube cluster"
+    assert info.value.hint == f"build it, then run `minikube image load {APP_IMAGE}`"
 
 
 @pytest.mark.usefixtures("metrics_server")
@@ -221,7 +228,7 @@ def test_minikube_up_uses_the_minikube_overlay_and_ingress(
     runner = _minikube(
         {
             "status": (0, "Running/Running"),
-            "image": (0, "docker.io/library/tasks-api-app:latest\n"),
+            "image": (0, f"{APP_IMAGE}\n"),
             "ip": (0, "192.168.49.2\n"),
         }
     )
@@ -288,8 +295,19 @@ def test_logs_of_a_component(
     assert request.params == {"container": "main", "tailLines": "10"}
     followed = list(target(k8s_project).logs("app-b", tail=5, follow=True))
     assert followed == ["app-b started", "app-b ready"]
-    with pytest.raises(UsageError, match="--follow reads one pod at a time"):
-        list(target(k8s_project).logs("app", tail=10, follow=True))
+    # -f over a component: every pod's stream, interleaved, each line prefixed with its pod.
+    both = list(target(k8s_project).logs("app", tail=3, follow=True))
+    assert sorted(both) == sorted(lines)
+    for pod in ("app-a", "app-b"):
+        assert [x for x in both if x.startswith(pod)] == [
+            f"{pod} | {pod} started",
+            f"{pod} | {pod} ready",
+        ]
+    streams = [r for r in emulator.requests() if r.params.get("follow") == "true"]
+    assert {r.url.path.rsplit("/", 2)[1] for r in streams if r.params["tailLines"] == "3"} == {
+        "app-a",
+        "app-b",
+    }
     with pytest.raises(UsageError, match="unknown component 'nginx'"):
         list(target(k8s_project).logs("nginx", tail=10, follow=False))
 

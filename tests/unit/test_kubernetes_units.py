@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from taskscale.errors import ConfigError, TargetError
+from taskscale.loadtest.channel import decode_records, encode_record
 from taskscale.targets.kube import manifests, rollout
+from taskscale.targets.kube.loadgen import cpu_cores
 from taskscale.targets.kubernetes import normalise_image
 
 
@@ -132,3 +134,20 @@ def test_image_problem_and_waiting_reasons() -> None:
 )
 def test_normalise_image(image: str, normalised: str) -> None:
     assert normalise_image(image) == normalised
+
+
+def test_records_survive_chunking_and_interleaving() -> None:
+    big = {"blob": "x" * 30_000 + "".join(str(i) for i in range(5000))}
+    first = encode_record("dump", big)
+    second = encode_record("dump", {"n": 2})
+    assert len(first) > 1 and all(len(line) < 9000 for line in first)
+    # Another process's lines between the chunks, a kubelet timestamp in front of one.
+    lines = [first[0], "other output", *second, *first[1:-1], "2025-01-01T00:00:00Z " + first[-1]]
+    assert decode_records(lines, "dump") == [{"n": 2}, big]
+    assert decode_records(first[:-1], "dump") == [], "an incomplete record is not returned"
+    assert decode_records(lines, "progress") == []
+
+
+@pytest.mark.parametrize(("quantity", "cores"), [("250m", 0.25), ("1", 1.0), ("5000000n", 0.005)])
+def test_cpu_quantities(quantity: str, cores: float) -> None:
+    assert cpu_cores(quantity) == pytest.approx(cores)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, ProjectDir
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
 from taskscale.cli.render_report import render_report
 from taskscale.config import Project, load_project
 from taskscale.errors import ProjectNotFound, SloFailed
@@ -39,7 +39,11 @@ def command(
     ] = None,
     processes: Annotated[
         int | None,
-        typer.Option("--processes", help="Locust processes (default: one per CPU core)."),
+        typer.Option(
+            "--processes",
+            help="Locust processes (default: one per CPU core); minikube/kubernetes: worker "
+            "pods (default 2).",
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -60,14 +64,19 @@ def command(
         typer.Option("--sweep-replicas", help="Run once per replica count, e.g. 1,2,3."),
     ] = None,
     project_dir: ProjectDir = None,
+    target: TargetName = None,
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Load-test the stack with Locust; exact HDR percentiles, SLO gates, reports."""
     # Imported here: the load-test stack (httpx, plotly, hdrh) would slow every other command.
     from taskscale.loadtest.service import run_loadtest
     from taskscale.loadtest.spec import LoadTestSpec
+    from taskscale.targets import active_target
 
     project = _optional_project(project_dir, required=host is None)
+    if target is None:  # the target of the last `up`, unless loading an explicit URL
+        target = active_target(project) if project is not None and host is None else "local"
     defaults = project.config.loadtest if project is not None else None
     spec = LoadTestSpec.build(
         users=users if users is not None else (defaults.users if defaults else 50),
@@ -84,6 +93,8 @@ def command(
         baseline=baseline,
         threshold_pct=threshold,
         sweep=sweep_replicas,
+        target=target,
+        context=context,
     )
     with console.progress("checking the host") as step:
         outcome = run_loadtest(spec, project, on_progress=lambda p: step(p.line()), on_step=step)

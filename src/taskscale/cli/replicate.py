@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, ProjectDir, TargetName, project_from
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
 from taskscale.replication.model import ClusterStatus, ReplicationChange
 from taskscale.targets import get_target
 
@@ -43,12 +43,13 @@ def replicate(
     ] = None,
     project: ProjectDir = None,
     target: TargetName = None,
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Create N hot standbys of the primary, wait until they stream, point reads at them."""
     if ctx.invoked_subcommand is not None:
         return
-    stack = get_target(target, project_from(project))
+    stack = get_target(target, project_from(project), context=context)
     with console.progress("replicating") as step:
         change = stack.replicate(replicas, sync, on_step=step)
     _render_change(change, json_output)
@@ -58,6 +59,7 @@ def replicate(
 def status(
     project: ProjectDir = None,
     target: TargetName = None,
+    context: KubeContext = None,
     json_output: JsonFlag = False,
     watch: Annotated[
         float | None,
@@ -65,7 +67,7 @@ def status(
     ] = None,
 ) -> None:
     """Every node: role, state, timeline, LSNs, lag in bytes and seconds, sync state, slot."""
-    stack = get_target(target, project_from(project))
+    stack = get_target(target, project_from(project), context=context)
     while True:
         cluster = stack.replication_status()
         if json_output:
@@ -86,10 +88,11 @@ def switchover(
     ] = 16 * 1024 * 1024,
     project: ProjectDir = None,
     target: TargetName = None,
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Planned role swap without data loss: the old primary becomes a standby."""
-    stack = get_target(target, project_from(project))
+    stack = get_target(target, project_from(project), context=context)
     with console.progress(f"switching over to {to}") as step:
         change = stack.switchover(to, max_lag, on_step=step)
     _render_change(change, json_output)
@@ -105,10 +108,11 @@ def failover(
     ] = False,
     project: ProjectDir = None,
     target: TargetName = None,
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """The primary is down: promote a standby and point the app and other standbys at it."""
-    stack = get_target(target, project_from(project))
+    stack = get_target(target, project_from(project), context=context)
     with console.progress("failing over") as step:
         change = stack.failover(to, force, on_step=step)
     _render_change(change, json_output)
@@ -119,10 +123,11 @@ def rejoin(
     node: Annotated[str, typer.Argument(help="The former primary (or broken standby).")],
     project: ProjectDir = None,
     target: TargetName = None,
+    context: KubeContext = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Bring a node back as a standby of the current primary (pg_rewind when it diverged)."""
-    stack = get_target(target, project_from(project))
+    stack = get_target(target, project_from(project), context=context)
     with console.progress(f"rejoining {node}") as step:
         change = stack.rejoin(node, on_step=step)
     _render_change(change, json_output)

@@ -7,6 +7,8 @@ It defines no User: it only hooks Locust's events.
   when the test stops; taskscale merges the files. Files, not Locust messages: a dump survives
   whatever happens to the master, and the merge is the same code the report re-render uses.
 - The master (or local runner) writes ``progress.json`` every second for the live status line.
+- With ``$TASKSCALE_LOADTEST_STDOUT`` (in-cluster runs, one pod per process) both also go to
+  stdout as framed records (``channel.encode_record``) that taskscale reads from the pod logs.
 - ``$TASKSCALE_RATE`` (requests/s, total) paces every user with ``constant_throughput`` and turns
   on coordinated-omission correction in the histograms (see docs/loadtest.md).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +36,10 @@ from taskscale.loadtest.channel import (
     PROGRESS_ENV,
     RATE_ENV,
     RAW_DIR_ENV,
+    STDOUT_ENV,
     STOP_WAIT_ENV,
     WORKERS_ENV,
+    encode_record,
 )
 from taskscale.loadtest.metrics import Recorder
 
@@ -67,8 +72,11 @@ def _on_init(environment: Environment, **_: Any) -> None:
             user_class.wait_time = constant_throughput(per_user)
     if not isinstance(runner, MasterRunner):
         _recorder = Recorder(expected_interval_us=interval_us)
-    if not isinstance(runner, WorkerRunner) and os.environ.get(PROGRESS_ENV):
-        gevent.spawn(_write_progress, Path(os.environ[PROGRESS_ENV]), environment)
+    if not isinstance(runner, WorkerRunner) and (
+        os.environ.get(PROGRESS_ENV) or os.environ.get(STDOUT_ENV)
+    ):
+        progress = os.environ.get(PROGRESS_ENV)
+        gevent.spawn(_write_progress, Path(progress) if progress else None, environment)
 
 
 def _on_request(
@@ -103,16 +111,27 @@ def _on_test_start(**_: Any) -> None:
     _started_at = time.time()
 
 
+def _print_record(kind: str, data: dict[str, Any]) -> None:
+    # In a pod, stdout is the log taskscale reads back; one write keeps the chunks together.
+    sys.stdout.write("".join(line + "\n" for line in encode_record(kind, data)))
+    sys.stdout.flush()
+
+
 def _dump(final: bool) -> None:
     recorder = _recorder
+    if recorder is None:
+        return
+    data = {**recorder.dump(), "final": final}
+    if os.environ.get(STDOUT_ENV):
+        _print_record("dump", data)
     raw = os.environ.get(RAW_DIR_ENV)
-    if recorder is None or not raw:
+    if not raw:
         return
     directory = Path(raw)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"worker-{os.getpid()}.json"
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**recorder.dump(), "final": final}), encoding="utf-8")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
     tmp.replace(target)
 
 
@@ -164,7 +183,7 @@ _listen(events.test_stop, _on_test_stop)
 _listen(events.quitting, _on_quitting)
 
 
-def _write_progress(path: Path, environment: Environment) -> None:
+def _write_progress(path: Path | None, environment: Environment) -> None:
     while True:
         runner = environment.runner
         stats = environment.stats.total
@@ -179,7 +198,10 @@ def _write_progress(path: Path, environment: Environment) -> None:
                 "requests": stats.num_requests,
                 "failures": stats.num_failures,
             }
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            tmp.replace(path)
+            if path is None:
+                _print_record("progress", data)
+            else:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data), encoding="utf-8")
+                tmp.replace(path)
         gevent.sleep(1.0)

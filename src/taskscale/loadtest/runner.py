@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -100,12 +101,16 @@ class LocustRun:
 
 
 def locust_argv(job: LocustJob) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        f"{job.locustfile},{PLUGIN}",
+    argv = [sys.executable, "-m", "locust", "-f", f"{job.locustfile},{PLUGIN}"]
+    argv += [*headless_options(job), "--csv", str(job.run_dir / "locust"), "--csv-full-history"]
+    if job.processes > 1:
+        argv += ["--processes", str(job.processes)]
+    return argv
+
+
+def headless_options(job: LocustJob) -> list[str]:
+    """The options of a bounded headless run (wherever its processes are)."""
+    return [
         "--headless",
         "--host",
         job.host,
@@ -117,16 +122,10 @@ def locust_argv(job: LocustJob) -> list[str]:
         f"{max(round(job.duration_s), 1)}s",
         "--stop-timeout",
         f"{job.stop_timeout_s:g}",
-        "--csv",
-        str(job.run_dir / "locust"),
-        "--csv-full-history",
         "--only-summary",
         "--exit-code-on-error",
         "0",
     ]
-    if job.processes > 1:
-        argv += ["--processes", str(job.processes)]
-    return argv
 
 
 def run_locust(job: LocustJob, on_progress: ProgressCallback | None = None) -> LocustRun:
@@ -148,7 +147,7 @@ def run_locust(job: LocustJob, on_progress: ProgressCallback | None = None) -> L
     start = time.monotonic()
     deadline = start + job.duration_s + job.stop_timeout_s + GRACE_S
     sampler = _CpuSampler()
-    reader = _ProgressReader(progress_file, job)
+    reader = ProgressReader(progress_file, job)
     pid = proc.spawn(locust_argv(job), log_path=log, cwd=job.run_dir, env=env)
     try:
         sampler.attach(pid)
@@ -174,17 +173,7 @@ def run_locust(job: LocustJob, on_progress: ProgressCallback | None = None) -> L
     data = [json.loads(p.read_text(encoding="utf-8")) for p in dumps]
     metrics = RunMetrics.from_dumps(data)
     progress_file.unlink(missing_ok=True)
-    notes = []
-    expected = job.processes if job.processes > 1 else 1
-    finals = sum(1 for item in data if item.get("final"))
-    if finals < expected:
-        notes.append(
-            f"{expected - finals} of {expected} Locust worker(s) were stopped before their users "
-            "finished (a user still in on_start or a slow request at the end): requests in "
-            "flight then are missing from the counts"
-        )
-    if len(dumps) < expected:
-        notes.append(f"only {len(dumps)} of {expected} Locust workers reported measurements")
+    notes = dump_notes(data, expected=job.processes if job.processes > 1 else 1)
     return LocustRun(
         metrics=metrics,
         generator=sampler.summary(job.processes),
@@ -195,20 +184,39 @@ def run_locust(job: LocustJob, on_progress: ProgressCallback | None = None) -> L
     )
 
 
-class _ProgressReader:
+def dump_notes(dumps: list[dict[str, Any]], *, expected: int) -> list[str]:
+    """What the report must say when workers' measurements are missing or incomplete."""
+    notes = []
+    finals = sum(1 for item in dumps if item.get("final"))
+    if finals < expected:
+        notes.append(
+            f"{expected - finals} of {expected} Locust worker(s) were stopped before their users "
+            "finished (a user still in on_start or a slow request at the end): requests in "
+            "flight then are missing from the counts"
+        )
+    if len(dumps) < expected:
+        notes.append(f"only {len(dumps)} of {expected} Locust workers reported measurements")
+    return notes
+
+
+class ProgressReader:
     """Turns the plugin's progress.json into ``Progress``; req/s from successive counts."""
 
-    def __init__(self, path: Path, job: LocustJob) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, job: LocustJob) -> None:
+        self.path = path  # None: records are passed to ``parse`` (in-cluster runs)
         self.job = job
         self._last: tuple[float, int] | None = None
         self._rps = 0.0
 
     def read(self, since_spawn: float) -> Progress:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path else {}
         except (OSError, ValueError):
             data = {}
+        return self.parse(data, since_spawn)
+
+    def parse(self, data: dict[str, Any], since_spawn: float) -> Progress:
+        """``Progress`` from one progress record of the plugin (``{}``: not started yet)."""
         started_at = data.get("started_at")
         requests = int(data.get("requests", 0))
         stamp = float(data.get("time", 0.0))

@@ -37,7 +37,7 @@ from taskscale.report.model import (
     SweepStep,
 )
 from taskscale.targets import get_target
-from taskscale.targets.base import Target
+from taskscale.targets.base import LoadGenerator, Target
 
 # The generated locustfile picks its scenario from this variable (see templates/project/loadtest).
 SCENARIO_ENV = "TASKSCALE_SCENARIO"
@@ -70,6 +70,8 @@ class _Context:
     scenario_env: dict[str, str]
     app_version: str | None
     baseline: Report | None
+    # Set when Locust runs next to the stack (in the cluster) rather than on this machine.
+    generator: LoadGenerator | None = None
 
 
 # ---------------------------------------------------------------- preflight and resolution
@@ -151,13 +153,13 @@ def _app_version(project: Project | None, ready_body: dict[str, object]) -> str 
     return str(value) if value is not None else None
 
 
-def _target(project: Project | None) -> Target:
+def _target(spec: LoadTestSpec, project: Project | None) -> Target:
     if project is None:
         raise UsageError(
             "no taskscale project here: pass --host URL, or run inside a project "
             "(or with --project DIR)"
         )
-    return get_target(None, project)
+    return get_target(spec.target, project, context=spec.context)
 
 
 def _default_run_dir(project: Project | None) -> Path:
@@ -175,7 +177,7 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
     """Resolve and check everything, cheapest first; the readiness probe is the only request."""
     if spec.sweep is not None and spec.host is not None:
         raise UsageError("--sweep-replicas scales the project's stack; it cannot use --host")
-    target = _target(project) if spec.host is None else None
+    target = _target(spec, project) if spec.host is None else None
     baseline = read_report(spec.baseline) if spec.baseline is not None else None
     if baseline is not None and baseline.total is None:
         raise UsageError(f"--baseline {spec.baseline} is a sweep report; pass one run's report")
@@ -199,9 +201,15 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
             f"the {target.name} stack is not running; no load was sent",
             hint="start it with `taskscale up`, or pass --host URL",
         )
-    host = status.endpoints.api.rstrip("/")
-    # A sweep checks readiness after each scaling step instead.
-    body = preflight(host) if spec.sweep is None else {}
+    generator = target.load_generator()
+    ready_body: dict[str, object] = {}
+    if generator is not None:
+        generator.check_ready()
+        host = generator.host
+    else:
+        host = status.endpoints.api.rstrip("/")
+        # A sweep checks readiness after each scaling step instead.
+        ready_body = preflight(host) if spec.sweep is None else {}
     return _Context(
         spec=spec,
         host=host,
@@ -209,8 +217,9 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
         replicas=status.replicas,
         locustfile=locustfile,
         scenario_env=scenario_env,
-        app_version=_app_version(project, body),
+        app_version=_app_version(project, ready_body),
         baseline=baseline,
+        generator=generator,
     )
 
 
@@ -305,7 +314,11 @@ def _run_once(
         env=ctx.scenario_env,
         label=label,
     )
-    run = run_locust(job, on_progress)
+    run = (
+        ctx.generator.run(job, on_progress)
+        if ctx.generator is not None
+        else run_locust(job, on_progress)
+    )
     run.metrics.save(run_dir / HISTOGRAMS_FILE)
     report = build_report(
         run.metrics,
@@ -386,7 +399,7 @@ def _run_sweep(
     on_step: StepCallback,
 ) -> tuple[Report, list[Path]]:
     replicas = ctx.spec.sweep or []
-    target = _target(project)
+    target = _target(ctx.spec, project)
     original = ctx.replicas
     ready_timeout = project.config.stack.ready_timeout if project is not None else 30.0
     steps: list[tuple[Report, str]] = []
@@ -396,8 +409,10 @@ def _run_sweep(
             on_step(f"scaling to {n} replica(s)")
             current = n
             status = target.scale(n, on_step)
-            host = status.endpoints.api.rstrip("/")
-            _wait_ready(host, ready_timeout)
+            host = ctx.host
+            if ctx.generator is None:
+                host = status.endpoints.api.rstrip("/")
+                _wait_ready(host, ready_timeout)
             step_ctx = dataclasses.replace(ctx, host=host, replicas=status.replicas)
             step_dir = run_dir / f"replicas-{n}"
             report, _ = _run_once(step_ctx, step_dir, n, on_progress, label=f"[{n} replicas]")

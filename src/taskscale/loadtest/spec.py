@@ -14,6 +14,11 @@ BUILTIN_SCENARIOS = ("read-heavy", "write-heavy", "mixed")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION_S = 24 * 3600.0
+# Kept here (not imported from taskscale.targets) so validating a spec loads no target code.
+TARGETS = ("local", "compose", "minikube", "kubernetes")
+CLUSTER_TARGETS = ("minikube", "kubernetes")
+DEFAULT_CLUSTER_WORKERS = 2
+MAX_CLUSTER_WORKERS = 100
 
 
 def parse_duration(text: str) -> float:
@@ -65,6 +70,8 @@ class LoadTestSpec:
     threshold_pct: float = 5.0
     sweep: list[int] | None = None
     stop_timeout_s: float = 10.0
+    target: str = "local"
+    context: str | None = None
 
     @classmethod
     def build(
@@ -82,6 +89,8 @@ class LoadTestSpec:
         baseline: Path | None = None,
         threshold_pct: float = 5.0,
         sweep: str | None = None,
+        target: str = "local",
+        context: str | None = None,
     ) -> LoadTestSpec:
         parsed_slos = parse_slos(slos or [])
         duration_s = parse_duration(duration)
@@ -91,11 +100,21 @@ class LoadTestSpec:
             raise UsageError(f"invalid --spawn-rate {spawn_rate}: must be above 0")
         if rate is not None and rate <= 0:
             raise UsageError(f"invalid --rate {rate}: must be above 0 requests/s")
+        if target not in TARGETS:
+            raise UsageError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+        in_cluster = target in CLUSTER_TARGETS
+        if host is not None and in_cluster:
+            raise UsageError(
+                f"--host loads a URL from this machine; --target {target} runs Locust in the "
+                "cluster against the app Service: pass one or the other"
+            )
+        # Locally: processes on this machine's cores; in a cluster: one worker pod each.
         cpus = os.cpu_count() or 1
+        most = MAX_CLUSTER_WORKERS if in_cluster else 4 * cpus
         if processes is None:
-            processes = cpus
-        if processes < 1 or processes > 4 * cpus:
-            raise UsageError(f"invalid --processes {processes}: between 1 and {4 * cpus}")
+            processes = DEFAULT_CLUSTER_WORKERS if in_cluster else cpus
+        if processes < 1 or processes > most:
+            raise UsageError(f"invalid --processes {processes}: between 1 and {most}")
         if host is not None and not re.match(r"^https?://[^/\s]+", host):
             raise UsageError(f"invalid --host {host!r}: use a URL such as http://127.0.0.1:8080")
         if scenario not in BUILTIN_SCENARIOS and not scenario.endswith(".py"):
@@ -122,4 +141,6 @@ class LoadTestSpec:
             baseline=baseline,
             threshold_pct=threshold_pct,
             sweep=parse_replica_list(sweep) if sweep is not None else None,
+            target=target,
+            context=context,
         )

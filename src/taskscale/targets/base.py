@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from taskscale.loadtest.runner import LocustJob, LocustRun, ProgressCallback
     from taskscale.replication.model import ClusterStatus, ReplicationChange
 
 ServiceKind = Literal[
@@ -91,6 +92,21 @@ class DownResult:
     purged: bool
 
 
+class LoadGenerator(abc.ABC):
+    """Runs Locust next to the stack (e.g. as pods in the cluster) instead of on this machine."""
+
+    # The API as the generator reaches it (e.g. the app Service's in-cluster name).
+    host: str
+
+    @abc.abstractmethod
+    def check_ready(self) -> None:
+        """A TargetError when the app cannot take load yet (checked before any is sent)."""
+
+    @abc.abstractmethod
+    def run(self, job: LocustJob, on_progress: ProgressCallback | None) -> LocustRun:
+        """Run ``job`` to completion (bounded in time), clean up, return the merged metrics."""
+
+
 class Target(abc.ABC):
     """One way of running a project's stack (local processes, docker compose, Kubernetes)."""
 
@@ -119,6 +135,10 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def endpoints(self) -> Endpoints:
         """Where clients reach the stack."""
+
+    def load_generator(self) -> LoadGenerator | None:
+        """Where ``loadtest`` runs Locust: None means on this machine, against ``endpoints()``."""
+        return None
 
     # ------------------------------------------------------------------ replication
     # Targets that run PostgreSQL themselves implement these; the others say so clearly.

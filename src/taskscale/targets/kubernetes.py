@@ -3,23 +3,36 @@
 ``up`` builds the overlay (``minikube`` or ``production``), checks the cluster can run it
 (context, API, metrics-server for the HPA, and on Minikube that the app image is loaded),
 server-side applies every object with one field manager, then waits for each rollout. ``down``
-deletes the namespace and waits until it is gone. Replication commands are not available here
-yet: the standby StatefulSet streams from the primary, but promotion is not automated.
+deletes the namespace and waits until it is gone. ``loadtest`` runs Locust as Jobs in the
+namespace (``kube/loadgen.py``); ``replicate status`` asks each PostgreSQL pod through pod exec
+(``kube/replication.py``); the other replication commands say they are not supported here:
+promotion is not automated.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from taskscale import proc
 from taskscale.config import Project
-from taskscale.errors import MissingBinary, ServiceNotReady, TargetError, UsageError
+from taskscale.errors import (
+    CommandFailed,
+    MissingBinary,
+    ServiceNotReady,
+    TargetError,
+    TaskscaleError,
+    UsageError,
+)
 from taskscale.targets.base import (
     DownResult,
     Endpoints,
+    LoadGenerator,
     ServiceKind,
     ServiceStatus,
     StackStatus,
@@ -31,10 +44,19 @@ from taskscale.targets.base import (
 from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.api import FIELD_MANAGER, KubeApi, KubeApiError, object_path
 
+if TYPE_CHECKING:
+    from taskscale.replication.model import ClusterStatus, ReplicationChange
+
 Flavor = Literal["minikube", "kubernetes"]
 Runner = Callable[..., proc.Completed]
 METRICS_API = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"
 POLL_INTERVAL = 1.0
+EXEC_TIMEOUT = 15.0
+REGISTRY_TIMEOUT = 20.0
+# `logs -f` keeps one streaming request per pod open: past this, name the pod.
+MAX_FOLLOWED_PODS = 20
+# What `docker manifest inspect` says when the registry answers but has no such image.
+_NOT_IN_REGISTRY = ("no such manifest", "manifest unknown", "not found")
 
 _KIND_OF_COMPONENT: dict[str, ServiceKind] = {
     "app": "app",
@@ -134,6 +156,8 @@ class KubernetesTarget(Target):
             )
         if self.flavor == "minikube":
             self._check_images_loaded(objects)
+        else:
+            self._check_images_pullable()
 
     def _minikube(self, *args: str, timeout: float = 60) -> proc.Completed:
         try:
@@ -164,6 +188,37 @@ class KubernetesTarget(Target):
                 raise TargetError(
                     f"image {image} is not in the minikube cluster",
                     hint=f"build it, then run `minikube image load {image}`",
+                )
+
+    def _project_images(self) -> list[str]:
+        return sorted({self.project.config.images.app, self.project.config.images.worker})
+
+    def _check_images_pullable(self) -> None:
+        """The app image must name a registry the nodes can pull from, and be in it if we can
+        tell (``docker manifest inspect``, when docker is installed; other failures such as no
+        credentials or no network are not proof of absence and pass)."""
+        for image in self._project_images():
+            name = image.partition("@")[0]
+            if "/" not in name:
+                raise TargetError(
+                    f"image {image} is a local-only name: cluster nodes would pull "
+                    f"{normalise_image(image)}, which is not your build",
+                    hint=f"push it to a registry the cluster can pull from (`docker tag {image} "
+                    f"REGISTRY/{name}` then `docker push`), set [images] app and worker in "
+                    "taskscale.toml and the image in deploy/k8s to that reference",
+                )
+            try:
+                result = self._run(
+                    ["docker", "manifest", "inspect", image], timeout=REGISTRY_TIMEOUT, check=False
+                )
+            except (MissingBinary, CommandFailed):
+                continue  # no docker, or the registry did not answer in time: cannot tell
+            said = (result.stderr or result.stdout).strip()
+            if result.returncode != 0 and any(m in said.lower() for m in _NOT_IN_REGISTRY):
+                raise TargetError(
+                    f"image {image} is not in its registry "
+                    f"(docker manifest inspect: {said.splitlines()[0][:160]})",
+                    hint=f"build and push it: `docker push {image}`",
                 )
 
     # ------------------------------------------------------------------ up
@@ -387,23 +442,20 @@ class KubernetesTarget(Target):
         pods = self._pods_of(service)
         if not pods:
             return
-        if follow and len(pods) > 1:
-            names = ", ".join(p["metadata"]["name"] for p in pods)
-            raise UsageError(
-                f"--follow reads one pod at a time; {service or 'the stack'} has {len(pods)}",
-                hint=f"name one of them: {names}",
-            )
+        if follow:
+            if len(pods) > MAX_FOLLOWED_PODS:
+                raise UsageError(
+                    f"--follow streams at most {MAX_FOLLOWED_PODS} pods; "
+                    f"{service or 'the stack'} has {len(pods)}",
+                    hint="name a component or one pod",
+                )
+            yield from self._follow(pods, tail)
+            return
         for pod in pods:
             name = pod["metadata"]["name"]
-            container = pod["spec"]["containers"][0]["name"]
-            query: dict[str, str | int | bool] = {"container": container, "tailLines": tail}
+            query = self._log_query(pod, tail)
             path = self._ns_path("pods", name=name) + "/log"
             prefix = f"{name} | " if len(pods) > 1 else ""
-            if follow:
-                query["follow"] = True
-                for line in self.api.stream_lines(path, query):
-                    yield prefix + line
-                return
             try:
                 text = self.api.request_text(path, query)
             except KubeApiError as exc:
@@ -411,6 +463,58 @@ class KubernetesTarget(Target):
                 continue
             for line in text.splitlines():
                 yield prefix + line
+
+    def _log_query(self, pod: dict[str, Any], tail: int) -> dict[str, str | int | bool]:
+        return {"container": pod["spec"]["containers"][0]["name"], "tailLines": tail}
+
+    def _follow(self, pods: list[dict[str, Any]], tail: int) -> Iterator[str]:
+        """Lines of every pod as they arrive, interleaved, each prefixed with its pod when
+        there are several. One thread per stream feeds a bounded queue; closing the generator
+        (Ctrl-C in the CLI) closes the streams."""
+        lines: queue.Queue[tuple[str, str | None]] = queue.Queue(maxsize=1000)
+        stop = threading.Event()
+        responses: list[Any] = []
+
+        def put(item: tuple[str, str | None]) -> None:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    lines.put(item, timeout=0.2)
+                    return
+
+        def pump(pod: dict[str, Any]) -> None:
+            name = pod["metadata"]["name"]
+            path = self._ns_path("pods", name=name) + "/log"
+            query = {**self._log_query(pod, tail), "follow": True}
+            try:
+                for line in self.api.stream_lines(path, query, on_open=responses.append):
+                    if stop.is_set():
+                        return
+                    put((name, line))
+            except TaskscaleError as exc:
+                put((name, f"(log ended: {exc.message})"))
+            except Exception as exc:  # a stream closed under it on shutdown, or a reset
+                if not stop.is_set():
+                    put((name, f"(log ended: {type(exc).__name__})"))
+            finally:
+                put((name, None))
+
+        threads = [threading.Thread(target=pump, args=(p,), daemon=True) for p in pods]
+        for thread in threads:
+            thread.start()
+        prefixed = len(pods) > 1
+        open_streams = len(threads)
+        try:
+            while open_streams:
+                name, line = lines.get()
+                if line is None:
+                    open_streams -= 1
+                    continue
+                yield f"{name} | {line}" if prefixed else line
+        finally:
+            stop.set()
+            for response in list(responses):
+                with contextlib.suppress(Exception):
+                    response.close()
 
     def _pods_of(self, service: str | None) -> list[dict[str, Any]]:
         if service is None:
@@ -454,6 +558,123 @@ class KubernetesTarget(Target):
         # Deleting the namespace deletes its PersistentVolumeClaims: the data is gone too.
         return DownResult(target=self.name, stopped=stopped, purged=True)
 
+    # ------------------------------------------------------------------ loadtest
+
+    def load_generator(self) -> LoadGenerator:
+        from taskscale.targets.kube.loadgen import ClusterLoadGenerator
+
+        return ClusterLoadGenerator(self, poll_interval=self._poll)
+
+    # ------------------------------------------------------------------ replication
+
+    def replication_status(self) -> ClusterStatus:
+        """Every PostgreSQL pod asked with psql through pod exec (see kube/replication.py)."""
+        from taskscale.replication.model import ClusterStatus
+        from taskscale.targets.kube import replication
+
+        if self.api.get_or_none(object_path("v1", "namespaces", None, self.namespace)) is None:
+            raise TargetError(
+                f"the stack is not running: namespace {self.namespace} does not exist in "
+                f"context {self.api.context}",
+                hint=f"start it with `taskscale up --target {self.name}` first",
+            )
+        pods = self._list("pods", labelSelector="app.kubernetes.io/name=postgres")
+        pods.sort(key=lambda p: str(p["metadata"]["name"]))
+        by_role: dict[str, list[dict[str, Any]]] = {"primary": [], "standby": []}
+        for pod in pods:
+            role = (pod["metadata"].get("labels") or {}).get("taskscale.dev/role")
+            if role in by_role:
+                by_role[role].append(pod)
+        if not by_role["primary"]:
+            raise TargetError(
+                f"no PostgreSQL primary pod in namespace {self.namespace}",
+                hint=f"see `taskscale status --target {self.name}`",
+            )
+        notes: list[str] = []
+        answers = {p["metadata"]["name"]: self._ask_postgres(p, notes) for p in pods}
+        primary = by_role["primary"][0]
+        primary_name = primary["metadata"]["name"]
+        primary_answer = answers[primary_name]
+        nodes = [replication.primary_node(primary_name, _pod_ip(primary), primary_answer)]
+        senders = primary_answer.senders if primary_answer else {}
+        for pod in by_role["standby"]:
+            name = pod["metadata"]["name"]
+            nodes.append(
+                replication.standby_node(
+                    name,
+                    _pod_ip(pod),
+                    answers[name],
+                    senders.get(_pod_ip(pod)),
+                    primary_answer.info if primary_answer else None,
+                )
+            )
+        if primary_answer is None:
+            notes.append(
+                f"primary {primary_name} does not answer; promotion is manual on this target "
+                "(docs/kubernetes.md)"
+            )
+        return ClusterStatus(
+            target=self.name,
+            primary=primary_name,
+            sync=bool(primary_answer and primary_answer.info.synchronous_standby_names),
+            nodes=nodes,
+            notes=notes,
+        )
+
+    def _ask_postgres(self, pod: dict[str, Any], notes: list[str]) -> Any:
+        from taskscale.targets.kube import replication
+
+        name = pod["metadata"]["name"]
+        phase = (pod.get("status") or {}).get("phase")
+        if phase != "Running":
+            notes.append(f"pod {name} is {phase or 'not scheduled'}")
+            return None
+        try:
+            result = self.api.exec(
+                self.namespace,
+                name,
+                pod["spec"]["containers"][0]["name"],
+                replication.status_command(),
+                timeout=EXEC_TIMEOUT,
+            )
+        except TargetError as exc:
+            notes.append(f"{name}: {exc.message}")
+            return None
+        if result.returncode != 0:
+            said = (result.stderr or result.stdout).strip().splitlines()
+            notes.append(f"{name}: psql exited {result.returncode}: {said[0] if said else ''}")
+            return None
+        try:
+            return replication.parse_answer(result.stdout)
+        except (ValueError, KeyError, TypeError) as exc:
+            notes.append(f"{name}: unexpected psql output ({exc})")
+            return None
+
+    def _unsupported(self, command: str) -> TargetError:
+        return TargetError(
+            f"`taskscale replicate{command}` is not supported on the {self.name} target",
+            hint="only `replicate status` is here; promoting a standby is manual, see "
+            "docs/kubernetes.md",
+        )
+
+    def replicate(
+        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        raise self._unsupported("")
+
+    def switchover(
+        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        raise self._unsupported(" switchover")
+
+    def failover(
+        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
+        raise self._unsupported(" failover")
+
+    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
+        raise self._unsupported(" rejoin")
+
 
 def normalise_image(image: str) -> str:
     """``redis`` -> ``docker.io/library/redis:latest``: the form ``minikube image ls`` prints."""
@@ -467,6 +688,10 @@ def normalise_image(image: str) -> str:
     elif "." not in first and ":" not in first and first != "localhost":
         name = f"docker.io/{name}"
     return f"{name}@{digest}" if digest else name
+
+
+def _pod_ip(pod: dict[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("podIP") or "")
 
 
 def _first_port(obj: dict[str, Any]) -> int | None:

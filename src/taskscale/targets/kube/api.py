@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +19,8 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from kubernetes import stream as k8s_stream
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from taskscale.errors import TargetError
@@ -27,6 +30,13 @@ REQUEST_TIMEOUT = 15.0
 KUBECONFIG_HINT = (
     "start a cluster (`minikube start`) or point KUBECONFIG at your cluster's kubeconfig"
 )
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 class KubeApiError(TargetError):
@@ -91,6 +101,7 @@ class KubeApi:
         # One quick attempt: an unreachable API should fail in seconds, not after retries.
         configuration.retries = False
         self.server = str(configuration.host)
+        self._configuration = configuration
         self._client = k8s_client.ApiClient(configuration)
 
     def close(self) -> None:
@@ -135,12 +146,21 @@ class KubeApi:
                 return None
             raise
 
-    def stream_lines(self, path: str, query: Mapping[str, str | int | bool]) -> Iterator[str]:
-        """Lines of a streaming GET (pod logs with follow), as they arrive."""
+    def stream_lines(
+        self,
+        path: str,
+        query: Mapping[str, str | int | bool],
+        *,
+        on_open: Callable[[Any], None] | None = None,
+    ) -> Iterator[str]:
+        """Lines of a streaming GET (pod logs with follow), as they arrive. ``on_open`` gets
+        the raw response, so another thread can close it to end a blocked read."""
         response = self._send("GET", path, query=query, timeout=None)
         if response.status >= 400:
             raise self._error("GET", path, response.status, response.read())
         raw = response.response
+        if on_open is not None:
+            on_open(raw)
         try:
             pending = b""
             for chunk in raw.stream(4096, decode_content=True):
@@ -152,6 +172,47 @@ class KubeApi:
                 yield pending.decode(errors="replace")
         finally:
             raw.release_conn()
+
+    def exec(
+        self, namespace: str, pod: str, container: str, command: list[str], *, timeout: float
+    ) -> ExecResult:
+        """Run ``command`` in a container (the API's exec websocket), bounded by ``timeout``."""
+        # The stream helper swaps the client's transport while it runs: give it its own client
+        # so a concurrent request (a log follower thread) is never sent over the websocket path.
+        api_client = k8s_client.ApiClient(self._configuration)
+        where = f"{pod}/{container}"
+        try:
+            ws = k8s_stream.stream(
+                k8s_client.CoreV1Api(api_client).connect_get_namespaced_pod_exec,
+                pod,
+                namespace,
+                command=command,
+                container=container,
+                stderr=True,
+                stdin=False,
+                stdout=True,
+                tty=False,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+        except ApiException as exc:
+            raise TargetError(
+                f"cannot exec in {where} (context {self.context}): {_reason(exc)}"
+            ) from exc
+        try:
+            ws.run_forever(timeout=timeout)
+            if ws.is_open():
+                raise TargetError(f"`{command[0]} ...` in {where} timed out after {timeout:g}s")
+            stdout = str(ws.read_channel(1))
+            stderr = str(ws.read_channel(2))
+            try:
+                code = int(ws.returncode)
+            except (TypeError, ValueError, KeyError, IndexError):
+                code = 1
+        finally:
+            ws.close()
+            api_client.close()  # type: ignore[no-untyped-call]
+        return ExecResult(code, stdout, stderr)
 
     def _send(
         self,

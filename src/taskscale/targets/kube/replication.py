@@ -1,0 +1,160 @@
+"""``replicate status`` on the kubernetes targets: each PostgreSQL pod asked through pod exec.
+
+One query (``STATUS_SQL``) runs with ``psql`` inside every pod labelled
+``app.kubernetes.io/name=postgres`` (over the local socket, as the container's own
+``POSTGRES_USER``) and answers one JSON object: the node's recovery state, LSNs, timeline and,
+on the primary, ``pg_stat_replication`` joined with the slots. No port-forward and no password
+leaves the cluster. Standbys cloned with ``pg_basebackup -R`` all report the application name
+``walreceiver``, so a standby's row on the primary is matched by the pod's IP instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from taskscale.replication import plan, sql
+from taskscale.replication.model import NodeStatus
+
+STATUS_SQL = """
+SELECT json_build_object(
+  'in_recovery', pg_is_in_recovery(),
+  'timeline', CASE WHEN pg_is_in_recovery()
+                   THEN (SELECT received_tli FROM pg_stat_wal_receiver)
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+              END,
+  'current_lsn', CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text
+                      ELSE pg_current_wal_lsn()::text END,
+  'receive_lsn', pg_last_wal_receive_lsn()::text,
+  'replay_lsn', pg_last_wal_replay_lsn()::text,
+  'replay_delay_seconds', CASE WHEN pg_is_in_recovery()
+      THEN EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+  'receiver_status', (SELECT status FROM pg_stat_wal_receiver),
+  'synchronous_standby_names', current_setting('synchronous_standby_names'),
+  'senders', COALESCE((
+    SELECT json_agg(json_build_object(
+      'application_name', r.application_name, 'client_addr', host(r.client_addr),
+      'state', r.state, 'sent_lsn', r.sent_lsn::text, 'write_lsn', r.write_lsn::text,
+      'flush_lsn', r.flush_lsn::text, 'replay_lsn', r.replay_lsn::text,
+      'lag_bytes', CASE WHEN pg_is_in_recovery() THEN NULL
+                        ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint END,
+      'replay_lag_seconds', EXTRACT(EPOCH FROM r.replay_lag)::float8,
+      'sync_state', r.sync_state, 'slot', s.slot_name::text) ORDER BY r.application_name)
+      FROM pg_stat_replication r
+      LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid), '[]'::json)
+)
+"""
+# Over the container's local socket (trust in the postgres image) as its own POSTGRES_USER.
+PSQL = 'exec psql -XAtq -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"'
+
+
+def status_command() -> list[str]:
+    return ["sh", "-c", PSQL, "psql", " ".join(STATUS_SQL.split())]
+
+
+@dataclass(frozen=True)
+class PodAnswer:
+    """What one PostgreSQL pod said about itself (and, on a primary, its WAL senders)."""
+
+    info: sql.NodeInfo
+    senders: dict[str, sql.WalSender]  # by the standby's IP
+
+
+def parse_answer(text: str) -> PodAnswer:
+    """The JSON line ``STATUS_SQL`` prints; ValueError when it is not that."""
+    data = json.loads(text.strip().splitlines()[-1] if text.strip() else "")
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    info = sql.NodeInfo(
+        in_recovery=bool(data["in_recovery"]),
+        timeline=_int(data.get("timeline")),
+        current_lsn=data.get("current_lsn"),
+        receive_lsn=data.get("receive_lsn"),
+        replay_lsn=data.get("replay_lsn"),
+        replay_delay_seconds=_float(data.get("replay_delay_seconds")),
+        receiver_status=data.get("receiver_status"),
+        synchronous_standby_names=str(data.get("synchronous_standby_names") or ""),
+    )
+    senders = {
+        str(s.get("client_addr")): sql.WalSender(
+            application_name=str(s.get("application_name")),
+            state=str(s.get("state")),
+            sent_lsn=s.get("sent_lsn"),
+            write_lsn=s.get("write_lsn"),
+            flush_lsn=s.get("flush_lsn"),
+            replay_lsn=s.get("replay_lsn"),
+            lag_bytes=_int(s.get("lag_bytes")),
+            replay_lag_seconds=_float(s.get("replay_lag_seconds")),
+            sync_state=str(s.get("sync_state")),
+            slot=s.get("slot"),
+        )
+        for s in data.get("senders") or []
+    }
+    return PodAnswer(info, senders)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def primary_node(name: str, host: str, answer: PodAnswer | None) -> NodeStatus:
+    info = answer.info if answer else None
+    return NodeStatus(
+        name=name,
+        role="primary",
+        state="running" if info is not None else "down",
+        port=5432,
+        host=host,
+        timeline=info.timeline if info else None,
+        sent_lsn=info.current_lsn if info else None,
+    )
+
+
+def standby_node(
+    name: str,
+    host: str,
+    answer: PodAnswer | None,
+    sender: sql.WalSender | None,
+    primary: sql.NodeInfo | None,
+) -> NodeStatus:
+    """A standby's row: the primary's view of it when it streams, else its own."""
+    if answer is None:
+        return NodeStatus(name=name, role="standby", state="down", port=5432, host=host)
+    info = answer.info
+    if sender is not None:
+        lag_seconds = sender.replay_lag_seconds
+        if sender.lag_bytes == 0:
+            lag_seconds = 0.0  # pg_stat_replication shows no lag while idle: nothing to replay
+        return NodeStatus(
+            name=name,
+            role="standby",
+            state=sender.state,
+            port=5432,
+            host=host,
+            timeline=info.timeline,
+            sent_lsn=sender.sent_lsn,
+            write_lsn=sender.write_lsn,
+            flush_lsn=sender.flush_lsn,
+            replay_lsn=sender.replay_lsn,
+            lag_bytes=sender.lag_bytes,
+            lag_seconds=lag_seconds,
+            sync_state=sender.sync_state,
+            slot=sender.slot,
+        )
+    return NodeStatus(
+        name=name,
+        role="standby",
+        state=info.receiver_status or ("recovering" if info.in_recovery else "promoted"),
+        port=5432,
+        host=host,
+        timeline=info.timeline,
+        flush_lsn=info.receive_lsn,
+        replay_lsn=info.replay_lsn,
+        lag_bytes=plan.lsn_diff(primary.current_lsn, info.replay_lsn) if primary else None,
+        lag_seconds=info.replay_delay_seconds,
+    )
