@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.client_loop import looping_clients
 from tests.conftest import CliRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -54,35 +53,9 @@ def test_compose_up_scale_replicate_loadtest_down(
     assert len(_instances(api, 60)) == 3
 
     # Scale in while clients loop: nginx re-resolves the service, so no request may fail.
-    stop = threading.Event()
-    errors: list[str] = []
-    answered = Counter[str]()
-
-    def loop() -> None:
-        with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
-            deadline = time.monotonic() + 120
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    response = client.get("/tasks/", params={"limit": 5})
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-                    continue
-                if response.status_code != 200:
-                    errors.append(f"HTTP {response.status_code}")
-                else:
-                    answered[response.headers["x-instance-id"]] += 1
-
-    clients = [threading.Thread(target=loop) for _ in range(3)]
-    for thread in clients:
-        thread.start()
-    try:
-        time.sleep(0.5)
+    with looping_clients(api, "/tasks/", params={"limit": 5}, settle=2.0) as loop:
         result = run_cli("up", "--replicas", "2", "--project", project)
-        time.sleep(2.0)
-    finally:
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=30)
+    errors, answered = loop.errors, loop.answered
     assert result.exit_code == 0, result.stderr
     assert errors == [], errors[:5]
     assert sum(answered.values()) > 50

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 
 from taskscale import proc
 from taskscale.targets.local.ports import port_free
+from tests.client_loop import looping_clients
 from tests.conftest import CliResult, CliRunner
 from tests.integration.conftest import recorded_pids
 
@@ -44,36 +43,9 @@ def _scale_under_load(
     run_cli: CliRunner, api: str, project: str, replicas: int
 ) -> tuple[CliResult, Counter[str], list[str]]:
     """``up --replicas N`` while three clients loop GETs over keep-alive connections."""
-    stop = threading.Event()
-    errors: list[str] = []
-    answered = Counter[str]()
-
-    def loop() -> None:
-        with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
-            deadline = time.monotonic() + 60
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    response = client.get("/healthz")
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-                    continue
-                if response.status_code != 200:
-                    errors.append(f"HTTP {response.status_code}")
-                else:
-                    answered[response.headers["x-instance-id"]] += 1
-
-    clients = [threading.Thread(target=loop) for _ in range(3)]
-    for thread in clients:
-        thread.start()
-    try:
-        time.sleep(0.5)
+    with looping_clients(api, "/healthz", max_seconds=60) as loop:
         result = run_cli("up", "--replicas", str(replicas), "--project", project)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=15)
-    return result, answered, errors
+    return result, loop.answered, loop.errors
 
 
 def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[str, int]]) -> None:
