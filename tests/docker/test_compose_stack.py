@@ -46,6 +46,12 @@ def test_compose_up_scale_replicate_loadtest_down(
     kinds = {s["kind"] for s in status["services"]}
     assert {"app", "lb", "postgres", "redis", "worker"} <= kinds
     api = status["endpoints"]["api"]
+    logs = run_cli("logs", "worker", "--tail", "50", "--project", project)
+    assert logs.exit_code == 0 and "worker started" in logs.stdout, logs
+    logs = run_cli("logs", "--tail", "5", "--project", project)
+    assert logs.exit_code == 0 and f"{compose_project.name}-postgres-1 | " in logs.stdout, logs
+    unknown = run_cli("logs", "nosuch", "--project", project)
+    assert unknown.exit_code == 2 and "choose one of" in unknown.stderr
 
     with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
         created = client.post("/tasks/", json={"title": "compose"})

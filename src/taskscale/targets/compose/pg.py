@@ -108,7 +108,8 @@ def cluster_status(
                 flush_lsn=row[4] or None,
                 replay_lsn=row[5] or None,
                 lag_bytes=int(row[6]),
-                lag_seconds=float(row[7]),
+                # pg_stat_replication keeps the last lag while idle: nothing waits to replay.
+                lag_seconds=0.0 if int(row[6]) == 0 else float(row[7]),
                 sync_state=row[8] or None,
                 slot=row[9] or None,
             )
