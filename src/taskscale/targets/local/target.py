@@ -9,7 +9,6 @@ is recorded in ``.taskscale/state.json`` at once, and a failed ``up`` stops what
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import signal
@@ -20,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import psutil
-import psycopg
 
 from taskscale import binaries, proc
 from taskscale.config import Project
@@ -46,6 +43,7 @@ from taskscale.targets.local import (
     ports,
     postgres,
     preload,
+    probes,
     redis,
 )
 from taskscale.targets.local.state import (
@@ -106,35 +104,17 @@ def _service_order(record: ServiceRecord) -> tuple[int, int]:
     return KIND_ORDER[record.kind], index
 
 
-@functools.cache
-def _http() -> httpx.Client:
-    """One client for every probe: plain HTTP on loopback, so no TLS context (50 ms each) and
-    no proxy from the environment; no keepalive, so a probe never reuses a closing connection."""
-    return httpx.Client(
-        verify=False,  # noqa: S501 - loopback HTTP only
-        trust_env=False,
-        limits=httpx.Limits(max_keepalive_connections=0),
-    )
+def _http_ok(port: int, path: str, timeout: float = HTTP_TIMEOUT) -> bool:
+    return probes.status(port, path, timeout) == 200
 
 
-def _http_ok(url: str, timeout: float = HTTP_TIMEOUT) -> bool:
-    try:
-        return _http().get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _http_answers(url: str, timeout: float = HTTP_TIMEOUT) -> bool:
-    try:
-        _http().get(url, timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return True
+def _http_answers(port: int, path: str, timeout: float = HTTP_TIMEOUT) -> bool:
+    return probes.status(port, path, timeout) is not None
 
 
 def _readyz_check(port: int | None) -> Callable[[], bool]:
     def check() -> bool:
-        return _http_ok(f"http://127.0.0.1:{port}/readyz", 1.0)
+        return port is not None and _http_ok(port, "/readyz", 1.0)
 
     return check
 
@@ -310,7 +290,7 @@ class LocalTarget(Target):
         on_step("waiting for /readyz through nginx")
         api = self.endpoints().api
         proc.wait_until(
-            lambda: _http_ok(f"{api}/readyz"),
+            lambda: _http_ok(cfg.ports.api, "/readyz"),
             timeout=cfg.stack.ready_timeout,
             what=f"the API through nginx ({api}/readyz)",
             log_path=self.nginx_layout.error_log,
@@ -618,6 +598,8 @@ class LocalTarget(Target):
         return self._replication("replicate", action)
 
     def replication_status(self) -> ClusterStatus:
+        import psycopg
+
         from taskscale.targets.local.replication import LocalCluster
 
         state = self.state_file.load()
@@ -650,6 +632,8 @@ class LocalTarget(Target):
     ) -> ReplicationChange:
         """Run a replication action under the stack lock; on failure, stop the nodes it
         started that the saved topology does not name (a half-built standby)."""
+        import psycopg
+
         from taskscale.targets.local.replication import LocalCluster
 
         start = time.monotonic()
@@ -834,9 +818,9 @@ class LocalTarget(Target):
         if port is None:
             return False
         if record.kind == "app":
-            return _http_ok(f"http://127.0.0.1:{port}/healthz")
+            return _http_ok(port, "/healthz")
         if record.kind == "lb":
-            return _http_answers(f"http://127.0.0.1:{port}/healthz")
+            return _http_answers(port, "/healthz")
         if record.kind == "redis":
             password = self.project.secrets().get("REDIS_PASSWORD", "")
             return redis.ping(port, password)
