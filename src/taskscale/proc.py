@@ -2,11 +2,13 @@
 
 ``run`` waits for a command and raises ``CommandFailed`` (command, exit code, stderr tail) when it
 fails or times out. ``spawn`` starts a long-running service detached from our process group with
-its output appended to a log file. ``wait_until`` is the only way to wait for readiness.
+its output appended to a log file. ``start`` begins a command whose input is written later
+(``Started.finish``). ``wait_until`` is the only way to wait for readiness.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -66,13 +68,99 @@ def run(
         raise CommandFailed(
             f"timed out after {timeout:g}s: {_display(args)}", detail=tail(stderr) or None
         ) from exc
-    result = Completed(tuple(args), proc.returncode, proc.stdout, proc.stderr)
-    if check and proc.returncode != 0:
+    return _completed(args, proc.returncode, proc.stdout, proc.stderr, check=check)
+
+
+def _completed(
+    args: list[str], returncode: int, stdout: str, stderr: str, *, check: bool
+) -> Completed:
+    """The result of a finished command; ``CommandFailed`` when ``check`` and it failed."""
+    if check and returncode != 0:
         raise CommandFailed(
-            f"command failed (exit {proc.returncode}): {_display(args)}",
-            detail=tail(proc.stderr or proc.stdout) or None,
+            f"command failed (exit {returncode}): {_display(args)}",
+            detail=tail(stderr or stdout) or None,
         )
-    return result
+    return Completed(tuple(args), returncode, stdout, stderr)
+
+
+class Started:
+    """A command started now and finished later: its stdin stays open until ``finish``.
+
+    For work that can begin before all of its input is known (the replica launcher imports
+    libraries while PostgreSQL starts). The whole life, start to finish, is bounded by the
+    ``timeout`` given to ``start``. Use it as a context manager: leaving the block unfinished
+    (an error, or the input turned out not to be needed) kills the process and reaps it.
+    """
+
+    def __init__(self, args: list[str], popen: subprocess.Popen[str], timeout: float) -> None:
+        self.args = args
+        self._popen = popen
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self._done = False
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def finish(self, input_text: str, *, check: bool = True) -> Completed:
+        """Write ``input_text``, close stdin, wait (within the deadline) and collect output."""
+        self._done = True
+        remaining = max(0.0, self._deadline - time.monotonic())
+        try:
+            stdout, stderr = self._popen.communicate(input_text, timeout=remaining)
+        except subprocess.TimeoutExpired as exc:
+            stderr = self._kill()
+            raise CommandFailed(
+                f"timed out after {self._timeout:g}s: {_display(self.args)}",
+                detail=tail(stderr) or None,
+            ) from exc
+        return _completed(self.args, self._popen.returncode, stdout, stderr, check=check)
+
+    def cancel(self) -> None:
+        """Kill the process (if still running) and reap it."""
+        self._done = True
+        self._kill()
+
+    def _kill(self) -> str:
+        """Kill and reap; whatever it wrote to stderr."""
+        if self._popen.poll() is None:
+            self._popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError, ValueError):
+            return self._popen.communicate(timeout=5.0)[1] or ""
+        return ""
+
+    def __enter__(self) -> Started:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._done:
+            self.cancel()
+
+
+def start(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Started:
+    """Start ``argv`` with pipes for stdin/stdout/stderr; ``Started.finish`` completes it."""
+    args = [os.fspath(a) for a in argv]
+    try:
+        popen = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            close_fds=True,
+        )
+    except FileNotFoundError as exc:
+        raise MissingBinary(f"program not found: {args[0]}") from exc
+    return Started(args, popen, timeout)
 
 
 def spawn(

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from taskscale import proc
@@ -128,3 +129,31 @@ def test_failed_replica_stops_what_up_started(
     assert not (project / ".taskscale" / "state.json").exists()
     for port in ports.values():
         assert port_free(port), port
+
+
+def test_failure_before_the_replicas_kills_the_early_launcher(
+    run_cli: CliRunner, stack_project: tuple[Path, dict[str, int]]
+) -> None:
+    """The replica launcher starts before PostgreSQL and Redis; a failure in between (here a
+    .env without the Redis password) stops PostgreSQL and leaves no launcher behind."""
+    project, ports = stack_project
+    env = project / ".env"
+    env.write_text(
+        "".join(
+            line
+            for line in env.read_text().splitlines(keepends=True)
+            if not line.startswith("REDIS_PASSWORD=")
+        )
+    )
+    result = run_cli("up", "--replicas", "3", "--project", str(project))
+    assert result.exit_code == 1, result.stderr
+    assert ".env has no REDIS_PASSWORD" in result.stderr
+    assert not (project / ".taskscale" / "state.json").exists()
+    for port in ports.values():
+        assert port_free(port), port
+    launchers = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["cwd"] == str(project) and any("gc.freeze()" in a for a in cmdline):
+            launchers.append(process.pid)
+    assert launchers == []

@@ -90,5 +90,12 @@ def test_preload_reads_only_module_level_third_party_imports(tmp_path: Path) -> 
         "from sqlalchemy.dialects import postgresql\n"
         "def kafka():\n    import aiokafka\n"
     )
-    (package / "core" / "db.py").write_text("import psycopg, psycopg_pool\nfrom . import x\n")
-    assert app_imports(package) == ["psycopg", "psycopg_pool", "fastapi", "sqlalchemy.dialects"]
+    (package / "core" / "db.py").write_text(
+        "import psycopg, psycopg_pool\nfrom . import x\nfrom typing import *\n"
+    )
+    assert app_imports(package) == [
+        "psycopg",
+        "psycopg_pool",
+        "fastapi",
+        "sqlalchemy.dialects:postgresql",
+    ]

@@ -6,6 +6,8 @@ function and renders the result. Nothing here holds logic.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 
 import typer
@@ -14,6 +16,13 @@ from taskscale import __version__, console
 from taskscale.cli import down, loadtest, logs, new, replicate, report, status, up
 from taskscale.cli.common import state
 from taskscale.errors import TaskscaleError
+
+# At exit, skip the interpreter's last garbage collections over every loaded module: ~0.15 s
+# of each command's wall time once the local target's modules are in. Only cyclic garbage goes
+# unfreed (the OS reclaims it); files are closed by `with`, stdout/stderr are still flushed and
+# every other atexit handler still runs. Nothing is frozen before the process exits, so
+# importing this module as a library (tests, benches) changes nothing while it runs.
+atexit.register(gc.freeze)
 
 app = typer.Typer(
     name="taskscale",

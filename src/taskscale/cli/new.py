@@ -10,7 +10,6 @@ import typer
 from taskscale import console
 from taskscale.cli.common import JsonFlag
 from taskscale.config import Broker
-from taskscale.scaffold import NewProjectSpec, create_project
 
 
 def command(
@@ -28,6 +27,9 @@ def command(
     json_output: JsonFlag = False,
 ) -> None:
     """Generate a production-shaped Task Management API project."""
+    # Imported here: the scaffolder (Jinja2) is not needed to start any other command.
+    from taskscale.scaffold import NewProjectSpec, create_project
+
     result = create_project(
         NewProjectSpec(name=name, output_dir=output_dir, broker=broker, force=force, git=not no_git)
     )

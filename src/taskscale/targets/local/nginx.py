@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import functools
 import grp
+import http.client
 import os
 import pwd
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
 from taskscale import proc
 from taskscale.errors import CommandFailed, MissingBinary
+from taskscale.targets.local import probes
 
 # Seconds an old worker may keep serving in-flight requests after a reload or a stop.
 WORKER_SHUTDOWN_TIMEOUT = 10
@@ -221,32 +222,27 @@ def supports_dynamic_upstreams(binary: Path) -> bool:
     return "nginx-keyval" in result.stdout + result.stderr
 
 
-def _control_client(control_socket: Path) -> httpx.Client:
-    return httpx.Client(
-        # verify=False: plain HTTP over a unix socket; skips building a TLS context (~50 ms).
-        transport=httpx.HTTPTransport(uds=os.fspath(control_socket), verify=False),
-        base_url="http://nginx",
-        timeout=2.0,
-        trust_env=False,
-    )
+def _control_get(control_socket: Path, path: str) -> probes.Response:
+    return probes.get(path, unix_socket=os.fspath(control_socket), timeout=2.0)
 
 
 def set_replicas(control_socket: Path, replicas: int, *, green: bool = False) -> None:
     """Route new requests to the first ``replicas`` replicas of the blue (default) or green
     set (takes effect at once)."""
     value = f"g{replicas}" if green else str(replicas)
-    with _control_client(control_socket) as client:
-        response = client.get(f"/replicas/{value}")
-    if response.status_code != 200 or response.text.strip() != value:
-        raise CommandFailed(f"nginx did not accept replicas={value} (HTTP {response.status_code})")
+    try:
+        response = _control_get(control_socket, f"/replicas/{value}")
+    except (OSError, http.client.HTTPException) as exc:
+        raise CommandFailed(f"nginx did not accept replicas={value} ({exc})") from exc
+    if response.status != 200 or response.text.strip() != value:
+        raise CommandFailed(f"nginx did not accept replicas={value} (HTTP {response.status})")
 
 
 def routed_replicas(control_socket: Path) -> int | None:
     """The replica count nginx routes to (0: not set yet), or None when nginx does not answer."""
     try:
-        with _control_client(control_socket) as client:
-            text = client.get("/replicas").text.strip()
-    except httpx.HTTPError:
+        text = _control_get(control_socket, "/replicas").text.strip()
+    except (OSError, http.client.HTTPException):
         return None
     text = text.removeprefix("g")
     return int(text) if text.isdigit() else 0

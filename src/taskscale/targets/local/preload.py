@@ -9,6 +9,11 @@ reads its settings at import) is imported per child, with the child's settings. 
 third-party modules are preloaded, never the project's code. The children are ordinary uvicorn
 processes afterwards: recorded, health-checked and stopped like any other replica.
 
+``up`` starts the launcher early (``start_launcher``): the module names are its arguments, so
+it imports while PostgreSQL and Redis start, and it waits on stdin for the children's specs
+(``Launcher.fork``), sent once the database is ready. Given no specs (stdin closed empty, e.g.
+because taskscale failed or died), it exits without forking.
+
 The launcher runs in the app's interpreter (which may be a venv without taskscale), so it is a
 self-contained script passed with ``-c``; its input (environments hold secrets) comes on stdin.
 """
@@ -31,14 +36,21 @@ UVICORN_MODULES = (
     "uvicorn.protocols.http.httptools_impl",
     "uvicorn.lifespan.on",
 )
+# Imported lazily by the frameworks while the app is built, so no scan of the app finds them:
+# FastAPI imports pydantic.v1 on its first route (to tell v1 models apart), ~20 ms per replica.
+FRAMEWORK_LAZY_MODULES = ("pydantic.v1",)
 
 
 def app_imports(package_dir: Path) -> list[str]:
     """The module-level absolute imports of the app package's source, except its own modules.
 
     Read with ``ast`` (nothing is executed): the third-party and stdlib modules the app imports
-    at start, which the launcher imports once before forking. Imports inside functions (e.g. the
-    Kafka client, only loaded with broker=kafka) are left alone.
+    at start, which the launcher imports once before forking. ``import x.y`` gives ``x.y``;
+    ``from x import y`` gives ``x:y``: the launcher imports ``x`` and then, exactly as the
+    from-import would, the submodule ``x.y`` only when ``x`` has no attribute ``y`` (so
+    ``from sqlalchemy.dialects import postgresql`` preloads the dialect, and a function ``y``
+    is never shadowed by a same-named submodule). Imports inside functions (e.g. the Kafka
+    client, only loaded with broker=kafka) are left alone.
     """
     own = package_dir.name
     found: dict[str, None] = {}
@@ -51,30 +63,44 @@ def app_imports(package_dir: Path) -> list[str]:
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
+                names = [f"{node.module}:{alias.name}" for alias in node.names if alias.name != "*"]
             else:
                 continue
             for name in names:
-                top = name.split(".", 1)[0]
+                top = name.split(".", 1)[0].split(":", 1)[0]
                 if top not in (own, "__future__"):
                     found[name] = None
     return list(found)
 
 
+# gc: disabled while importing (the collector would scan the growing heap again and again,
+# ~10% of the import time), frozen before forking (the children's collections then skip the
+# preloaded objects: faster, and no copy-on-write of their pages), enabled in each child. This
+# is the sequence the gc module's documentation recommends for fork without exec.
 _LAUNCHER = r"""
+import gc
+gc.disable()
 import importlib, json, os, sys
-spec = json.loads(sys.stdin.read())
-for name in spec["modules"]:
+for name in sys.argv[1:]:
+    module, _, attr = name.partition(":")
     try:
-        importlib.import_module(name)
+        loaded = importlib.import_module(module)
+        if attr and not hasattr(loaded, attr):
+            importlib.import_module(module + "." + attr)
     except Exception:
         pass
+data = sys.stdin.read()
+if not data.strip():
+    os._exit(0)  # nothing to start (the up failed or needed no launcher after all)
+spec = json.loads(data)
+gc.freeze()
 pids = []
 for child in spec["children"]:
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            gc.enable()
             os.setsid()
             log = os.open(child["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             null = os.open(os.devnull, os.O_RDONLY)
@@ -122,18 +148,44 @@ def uvicorn_args(full_argv: list[str]) -> list[str]:
     return full_argv[index:]
 
 
+class Launcher:
+    """A launcher process that is importing (or has imported) the libraries; ``fork`` starts
+    the replicas from it. Start it early: its imports then overlap whatever ``up`` does before
+    the replicas are due (PostgreSQL, Redis, the migration check). Use it as a context
+    manager: left unused, it is killed."""
+
+    def __init__(self, started: proc.Started) -> None:
+        self._started = started
+
+    def fork(self, replicas: list[ReplicaSpec]) -> list[int]:
+        """Start ``replicas`` (each child gets its own log, environment and argv); their pids."""
+        for spec in replicas:
+            spec.log.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "children": [{"log": os.fspath(s.log), "env": s.env, "argv": s.argv} for s in replicas],
+        }
+        result = self._started.finish(json.dumps(payload))
+        pids = [int(pid) for pid in json.loads(result.stdout)]
+        if len(pids) != len(replicas):
+            raise ValueError(f"launcher started {len(pids)} of {len(replicas)} replicas")
+        return pids
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._started.__exit__(*exc_info)
+
+
+def start_launcher(python: str, cwd: Path, timeout: float) -> Launcher:
+    """Start the launcher in ``cwd`` (the project root); it imports uvicorn's and the app's
+    third-party modules at once, then waits for ``Launcher.fork``. ``timeout`` bounds its
+    whole life, imports included."""
+    modules = [*UVICORN_MODULES, *app_imports(cwd / "app"), *FRAMEWORK_LAZY_MODULES]
+    return Launcher(proc.start([python, "-c", _LAUNCHER, *modules], cwd=cwd, timeout=timeout))
+
+
 def fork_replicas(python: str, cwd: Path, replicas: list[ReplicaSpec], timeout: float) -> list[int]:
-    """Start ``replicas`` from one preloaded launcher; their pids, in order."""
-    for spec in replicas:
-        spec.log.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "modules": [*UVICORN_MODULES, *app_imports(cwd / "app")],
-        "children": [{"log": os.fspath(s.log), "env": s.env, "argv": s.argv} for s in replicas],
-    }
-    result = proc.run(
-        [python, "-c", _LAUNCHER], cwd=cwd, timeout=timeout, input_text=json.dumps(payload)
-    )
-    pids = [int(pid) for pid in json.loads(result.stdout)]
-    if len(pids) != len(replicas):
-        raise ValueError(f"launcher started {len(pids)} of {len(replicas)} replicas")
-    return pids
+    """Start ``replicas`` from a new preloaded launcher; their pids, in order."""
+    with start_launcher(python, cwd, timeout) as launcher:
+        return launcher.fork(replicas)

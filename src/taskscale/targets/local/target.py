@@ -9,7 +9,6 @@ is recorded in ``.taskscale/state.json`` at once, and a failed ``up`` stops what
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import signal
@@ -20,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import psutil
-import psycopg
 
 from taskscale import binaries, proc
 from taskscale.config import Project
@@ -46,6 +43,7 @@ from taskscale.targets.local import (
     ports,
     postgres,
     preload,
+    probes,
     redis,
 )
 from taskscale.targets.local.state import (
@@ -106,35 +104,17 @@ def _service_order(record: ServiceRecord) -> tuple[int, int]:
     return KIND_ORDER[record.kind], index
 
 
-@functools.cache
-def _http() -> httpx.Client:
-    """One client for every probe: plain HTTP on loopback, so no TLS context (50 ms each) and
-    no proxy from the environment; no keepalive, so a probe never reuses a closing connection."""
-    return httpx.Client(
-        verify=False,  # noqa: S501 - loopback HTTP only
-        trust_env=False,
-        limits=httpx.Limits(max_keepalive_connections=0),
-    )
+def _http_ok(port: int, path: str, timeout: float = HTTP_TIMEOUT) -> bool:
+    return probes.status(port, path, timeout) == 200
 
 
-def _http_ok(url: str, timeout: float = HTTP_TIMEOUT) -> bool:
-    try:
-        return _http().get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _http_answers(url: str, timeout: float = HTTP_TIMEOUT) -> bool:
-    try:
-        _http().get(url, timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return True
+def _http_answers(port: int, path: str, timeout: float = HTTP_TIMEOUT) -> bool:
+    return probes.status(port, path, timeout) is not None
 
 
 def _readyz_check(port: int | None) -> Callable[[], bool]:
     def check() -> bool:
-        return _http_ok(f"http://127.0.0.1:{port}/readyz", 1.0)
+        return port is not None and _http_ok(port, "/readyz", 1.0)
 
     return check
 
@@ -283,15 +263,24 @@ class LocalTarget(Target):
         secrets = self.project.secrets()
         python = appenv.resolve_python(self.project, on_step)
 
-        self._ensure_postgres(run, pg_bins, secrets, on_step)
-        if (self.state_dir / "replication.json").exists():
-            from taskscale.targets.local.replication import LocalCluster
+        with contextlib.ExitStack() as unused:
+            # Two or more replicas to start: the launcher they fork from begins importing the
+            # app's libraries now (~1 s of CPU), in parallel with PostgreSQL, Redis and the
+            # migration check; it forks them once the database is ready. Killed if unused.
+            launcher = None
+            if len(wanted - set(state.services)) > 1:
+                launcher = unused.enter_context(
+                    preload.start_launcher(python, self.project.root, self._launcher_timeout())
+                )
+            self._ensure_postgres(run, pg_bins, secrets, on_step)
+            if (self.state_dir / "replication.json").exists():
+                from taskscale.targets.local.replication import LocalCluster
 
-            LocalCluster(self).start_nodes(run, on_step)
-        self._ensure_redis(run, redis_bin, secrets, on_step)
-        database = secrets.get("POSTGRES_DB", cfg.postgres.database)
-        self._migrate(python, self._postgres(pg_bins), database, on_step)
-        self._ensure_replicas(run, python, wanted, on_step)
+                LocalCluster(self).start_nodes(run, on_step)
+            self._ensure_redis(run, redis_bin, secrets, on_step)
+            database = secrets.get("POSTGRES_DB", cfg.postgres.database)
+            self._migrate(python, self._postgres(pg_bins), database, on_step)
+            self._ensure_replicas(run, python, wanted, on_step, launcher)
         self._ensure_worker(run, python, on_step)
         removed = [r for r in state.of_kind("app") if r.name not in wanted]
         dynamic = self._ensure_nginx(run, nginx_bin, replicas, offset, on_step)
@@ -310,7 +299,7 @@ class LocalTarget(Target):
         on_step("waiting for /readyz through nginx")
         api = self.endpoints().api
         proc.wait_until(
-            lambda: _http_ok(f"{api}/readyz"),
+            lambda: _http_ok(cfg.ports.api, "/readyz"),
             timeout=cfg.stack.ready_timeout,
             what=f"the API through nginx ({api}/readyz)",
             log_path=self.nginx_layout.error_log,
@@ -435,6 +424,15 @@ class LocalTarget(Target):
         record = self._spawn(run, "redis", "redis", redis.argv(binary, conf), port)
         self._wait_ready(record, lambda: redis.ping(port, password))
 
+    def _migrations_timeout(self) -> float:
+        return max(60.0, self.config.stack.ready_timeout * 2)
+
+    def _launcher_timeout(self) -> float:
+        """An early launcher outlives initdb, PostgreSQL and Redis starts and the migrations
+        before it forks: bound its life by all of their timeouts plus its own."""
+        ready = self.config.stack.ready_timeout
+        return ready * 2 + ready * 3 + self._migrations_timeout()
+
     def _migrate(
         self, python: str, pg: postgres.LocalPostgres, database: str, on_step: StepCallback
     ) -> None:
@@ -449,13 +447,18 @@ class LocalTarget(Target):
             appenv.migrations_argv(python),
             cwd=self.project.root,
             env=env,
-            timeout=max(60.0, self.config.stack.ready_timeout * 2),
+            timeout=self._migrations_timeout(),
         )
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(result.stdout + result.stderr)
 
     def _ensure_replicas(
-        self, run: _Run, python: str, wanted: set[str], on_step: StepCallback
+        self,
+        run: _Run,
+        python: str,
+        wanted: set[str],
+        on_step: StepCallback,
+        launcher: preload.Launcher | None = None,
     ) -> None:
         missing = sorted(wanted - set(run.state.services), key=replica_index)
         if not missing:
@@ -468,7 +471,7 @@ class LocalTarget(Target):
             specs.append((name, port, env, appenv.replica_argv(python, port)))
         records: list[ServiceRecord] = []
         if len(specs) > 1:
-            records = self._fork_replicas(run, python, specs)
+            records = self._fork_replicas(run, python, specs, launcher)
         for name, port, env, argv in specs[len(records) :]:
             records.append(
                 self._spawn(run, name, "app", argv, port, env=env, cwd=self.project.root)
@@ -488,9 +491,14 @@ class LocalTarget(Target):
                 future.result()
 
     def _fork_replicas(
-        self, run: _Run, python: str, specs: list[tuple[str, int, dict[str, str], list[str]]]
+        self,
+        run: _Run,
+        python: str,
+        specs: list[tuple[str, int, dict[str, str], list[str]]],
+        launcher: preload.Launcher | None,
     ) -> list[ServiceRecord]:
-        """Start several replicas from one preloaded launcher (see preload); [] if it fails."""
+        """Start several replicas from one preloaded launcher (see preload), the one already
+        started when given; [] if it fails."""
         replica_specs = [
             preload.ReplicaSpec(
                 port=port,
@@ -501,9 +509,12 @@ class LocalTarget(Target):
             for name, port, env, argv in specs
         ]
         try:
-            pids = preload.fork_replicas(
-                python, self.project.root, replica_specs, timeout=self.config.stack.ready_timeout
-            )
+            if launcher is not None:
+                pids = launcher.fork(replica_specs)
+            else:
+                pids = preload.fork_replicas(
+                    python, self.project.root, replica_specs, self.config.stack.ready_timeout
+                )
         except (TaskscaleError, ValueError):
             return []  # fall back to one interpreter per replica
         records = []
@@ -618,6 +629,8 @@ class LocalTarget(Target):
         return self._replication("replicate", action)
 
     def replication_status(self) -> ClusterStatus:
+        import psycopg
+
         from taskscale.targets.local.replication import LocalCluster
 
         state = self.state_file.load()
@@ -650,6 +663,8 @@ class LocalTarget(Target):
     ) -> ReplicationChange:
         """Run a replication action under the stack lock; on failure, stop the nodes it
         started that the saved topology does not name (a half-built standby)."""
+        import psycopg
+
         from taskscale.targets.local.replication import LocalCluster
 
         start = time.monotonic()
@@ -834,9 +849,9 @@ class LocalTarget(Target):
         if port is None:
             return False
         if record.kind == "app":
-            return _http_ok(f"http://127.0.0.1:{port}/healthz")
+            return _http_ok(port, "/healthz")
         if record.kind == "lb":
-            return _http_answers(f"http://127.0.0.1:{port}/healthz")
+            return _http_answers(port, "/healthz")
         if record.kind == "redis":
             password = self.project.secrets().get("REDIS_PASSWORD", "")
             return redis.ping(port, password)
