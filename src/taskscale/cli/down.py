@@ -8,7 +8,7 @@ import typer
 
 from taskscale import console
 from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import active_target, get_target, remember_target
+from taskscale.targets import get_target
 
 
 def command(
@@ -26,8 +26,6 @@ def command(
     stack = get_target(target, proj, context=context)
     with console.progress("stopping the stack") as step:
         result = stack.down(purge=purge, on_step=step)
-    if active_target(proj) == stack.name:
-        remember_target(proj, None)
     if json_output:
         console.print_json(
             {"target": result.target, "stopped": result.stopped, "purged": result.purged}

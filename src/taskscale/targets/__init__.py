@@ -19,7 +19,7 @@ ACTIVE_FILE = "target"
 
 
 def active_target(project: Project) -> str:
-    """The target of the project's last successful ``up`` that was not taken down since."""
+    """The target of the project's last successful ``up`` (kept after ``down``)."""
     try:
         name = (project.state_dir / ACTIVE_FILE).read_text(encoding="utf-8").strip()
     except OSError:
