@@ -78,6 +78,12 @@ def test_shape_of_the_stack(project: Path) -> None:
     services = _config(project, "replication")["services"]
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published == {"nginx"}, "nginx must be the only public port"
+    observed = _config(project, "replication", "observability")["services"]
+    for name in ("prometheus", "postgres-exporter", "grafana"):
+        svc = observed[name]
+        assert svc["healthcheck"]["test"] and svc["init"] is True, name
+        assert svc["deploy"]["resources"]["limits"], name
+        assert all(port["host_ip"] == "127.0.0.1" for port in svc.get("ports", [])), name
     (port,) = services["nginx"]["ports"]
     assert port["host_ip"] == "127.0.0.1" and port["target"] == 8080
     for name, svc in services.items():
