@@ -163,16 +163,15 @@ def build_image(
     tag: str,
     buildargs: Mapping[str, str],
 ) -> Iterator[str]:
-    """Build ``tag`` with the engine's classic builder, yielding its progress lines."""
+    """Build ``tag`` with the engine's classic builder, yielding its progress lines.
+
+    ``client`` needs a long read timeout: a build can stay silent for minutes (pip install).
+    """
     import docker.errors
 
-    api = client.api
-    # Builds can stay silent for minutes (pip install): a long read timeout for this call only.
-    previous = api.timeout
-    api.timeout = int(BUILD_TIMEOUT_S)
     lines: list[str] = []
     try:
-        stream: Any = api.build(
+        stream: Any = client.api.build(
             path=str(context),
             dockerfile=dockerfile,
             tag=tag,
@@ -183,11 +182,11 @@ def build_image(
         )
         for chunk in stream:
             if "error" in chunk:
-                detail = "\n".join([*lines[-15:], str(chunk["error"]).strip()])
+                error = str(chunk["error"]).strip()
                 raise CommandFailed(
-                    f"building the app image {tag} failed: {str(chunk['error']).strip()}",
-                    hint=_pull_hint(str(chunk["error"])),
-                    detail=detail,
+                    f"building the app image {tag} failed: {error}",
+                    hint=pull_hint(error),
+                    detail="\n".join([*lines[-15:], error]),
                 )
             text = str(chunk.get("stream", "")).strip()
             if text:
@@ -197,27 +196,16 @@ def build_image(
         raise CommandFailed(
             f"building the app image {tag} failed: {exc}", detail="\n".join(lines[-15:]) or None
         ) from exc
-    finally:
-        api.timeout = previous
 
 
-def _pull_hint(message: str) -> str | None:
-    lowered = message.lower()
-    if any(
-        s in lowered for s in ("pull access denied", "not found", "lookup", "dial tcp", "manifest")
-    ):
+_PULL_FAILURES = ("pull access denied", "manifest", "lookup", "dial tcp", "not found")
+
+
+def pull_hint(message: str) -> str | None:
+    """A hint when a build or ``compose up`` failed on an image it could not pull."""
+    if any(s in message.lower() for s in _PULL_FAILURES):
         return (
-            "the base image could not be pulled: no registry reachable? build a local one and "
-            "set TASKSCALE_PYTHON_IMAGE to it"
-        )
-    return None
-
-
-def missing_image_hint(message: str) -> str | None:
-    """A hint for a Compose failure caused by an image it could not pull."""
-    if "pull" in message.lower() or "manifest" in message.lower():
-        return (
-            "an image could not be pulled: with no registry reachable, point the TASKSCALE_*_IMAGE "
-            "variables (see deploy/docker-compose.yml) at local images"
+            "an image could not be pulled: with no registry reachable, point the "
+            "TASKSCALE_*_IMAGE variables (see deploy/docker-compose.yml) at local images"
         )
     return None

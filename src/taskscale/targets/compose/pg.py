@@ -7,13 +7,11 @@ reports.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from taskscale.errors import TargetError
 from taskscale.replication.model import ClusterStatus, NodeStatus
-
-EXEC_TIMEOUT_S = 30
 
 SENDERS_SQL = """
 SELECT r.application_name, r.state, r.sent_lsn, r.write_lsn, r.flush_lsn, r.replay_lsn,
@@ -32,43 +30,54 @@ WHERE NOT active AND slot_type = 'physical' AND slot_name LIKE 'standby\\_%'
 """
 
 
-def set_sync_sql(sync: bool) -> str:
+def set_sync(sync: bool) -> tuple[str, str]:
     """Commits wait for any one standby (``ANY 1 (*)``), or for none; applied with a reload."""
     if sync:
         change = "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'"
     else:
         change = "ALTER SYSTEM RESET synchronous_standby_names"
-    return f"{change}; SELECT pg_reload_conf()"
+    return change, "SELECT pg_reload_conf()"
 
 
-def query(container: Any, sql: str, *, user: str, database: str) -> list[list[str]]:
-    """Rows of ``sql`` run by psql in ``container`` (tab-separated, unaligned)."""
-    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database, "-AtF", "\t"]
-    for statement in (s for s in sql.split(";") if s.strip()):
-        argv += ["-c", statement.strip()]
-    try:
-        result = container.exec_run(argv, user="postgres", demux=True)
-    except Exception as exc:
-        raise TargetError(f"cannot run psql in {container.name}: {exc}") from exc
-    stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, b"")
-    if result.exit_code != 0:
-        message = (stderr or stdout or b"").decode(errors="replace").strip()
-        raise TargetError(f"psql in {container.name} failed: {message.splitlines()[-1:]}")
-    text = (stdout or b"").decode(errors="replace")
-    return [line.split("\t") for line in text.splitlines() if line]
+@dataclass(frozen=True)
+class Primary:
+    """The primary's container and who psql connects as (over the local socket)."""
+
+    container: Any
+    user: str
+    database: str
+
+    @property
+    def name(self) -> str:
+        return str(self.container.name)
+
+    def run(self, *statements: str) -> list[list[str]]:
+        """Rows of ``statements`` (each its own ``-c``: ALTER SYSTEM refuses a transaction),
+        tab-separated, unaligned."""
+        argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", self.database]
+        argv += ["-AtF", "\t"]
+        for statement in statements:
+            argv += ["-c", statement.strip()]
+        try:
+            # Bounded by the client's read timeout (engine.ENGINE_TIMEOUT_S).
+            result = self.container.exec_run(argv, user="postgres", demux=True)
+        except Exception as exc:  # the SDK raises several types for one cause
+            raise TargetError(f"cannot run psql in {self.name}: {exc}") from exc
+        stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, b"")
+        if result.exit_code != 0:
+            message = (stderr or stdout or b"").decode(errors="replace").strip().splitlines()
+            raise TargetError(f"psql in {self.name} failed: {message[-1] if message else '?'}")
+        text = (stdout or b"").decode(errors="replace")
+        return [line.split("\t") for line in text.splitlines() if line]
 
 
 def cluster_status(
-    target: str,
-    primary_name: str,
-    standbys: list[Any],
-    run: Callable[[str], list[list[str]]],
-    *,
-    sync: bool,
+    target: str, primary: Primary, standbys: list[Any], *, sync: bool
 ) -> ClusterStatus:
-    timeline_rows = run(TIMELINE_SQL)
+    timeline_rows = primary.run(TIMELINE_SQL)
     timeline = int(timeline_rows[0][0]) if timeline_rows else None
-    senders = {row[0]: row for row in run(SENDERS_SQL)}
+    senders = {row[0]: row for row in primary.run(SENDERS_SQL)}
+    primary_name = primary.name
     nodes = [
         NodeStatus(
             name=primary_name,

@@ -30,6 +30,7 @@ from taskscale.errors import (
     TaskscaleError,
     UsageError,
 )
+from taskscale.replication.model import ClusterStatus, ReplicationChange
 from taskscale.targets.base import (
     DownResult,
     Endpoints,
@@ -43,11 +44,12 @@ from taskscale.targets.base import (
 )
 from taskscale.targets.compose import pg
 from taskscale.targets.compose.engine import (
+    BUILD_TIMEOUT_S,
     Compose,
     build_image,
     compose_command,
     docker_client,
-    missing_image_hint,
+    pull_hint,
 )
 from taskscale.targets.local.ports import check_ports_free
 
@@ -58,7 +60,7 @@ MAX_STANDBYS = 8
 PROFILES_ALL = ("replication", "observability")
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-ONE_SHOT = frozenset({"migrate"})
+ONE_SHOT = frozenset({"migrate"})  # exits 0 when done
 
 _KINDS: dict[str, ServiceKind] = {
     "app": "app",
@@ -189,7 +191,7 @@ class ComposeTarget(Target):
         if base := os.environ.get("TASKSCALE_PYTHON_IMAGE"):
             buildargs["BASE_IMAGE"] = base
         for line in build_image(
-            self.client,
+            docker_client(timeout=BUILD_TIMEOUT_S),
             context=self.project.root,
             dockerfile=DOCKERFILE,
             tag=self.image,
@@ -203,16 +205,7 @@ class ComposeTarget(Target):
     ) -> Exception:
         """The service that kept `up` from finishing, with its log tail; a first `up` that failed
         is taken down again so nothing half-started is left behind."""
-        culprit = None
-        for container in self.containers():
-            service = container.labels.get(SERVICE_LABEL, "?")
-            exit_code = container.attrs.get("State", {}).get("ExitCode", 0)
-            if container.status != "running" and not (service in ONE_SHOT and exit_code == 0):
-                culprit = container
-                break
-            if _health(container) == "unhealthy":
-                culprit = container
-                break
+        culprit = next((c for c in self.containers() if not self._service_status(c).healthy), None)
         message = str(exc.detail or exc).strip().splitlines()
         first = message[-1] if message else str(exc)
         if culprit is not None:
@@ -224,7 +217,7 @@ class ComposeTarget(Target):
         else:
             error = TargetError(
                 f"docker compose up failed: {first}",
-                hint=missing_image_hint(first),
+                hint=pull_hint(first),
                 detail=exc.detail,
             )
         if stop:
@@ -352,35 +345,32 @@ class ComposeTarget(Target):
 
     # ------------------------------------------------------------------ replication
 
-    def _primary(self) -> Any:
+    def primary(self) -> pg.Primary:
+        """psql on the running primary, as the project's database owner."""
         running = self._running("postgres")
         if not running:
             raise TargetError(
                 "the compose stack's PostgreSQL is not running",
                 hint="start the stack first: taskscale up --target compose",
             )
-        return running[0]
-
-    def _psql(self, sql: str) -> list[list[str]]:
         secrets = self.project.secrets()
-        return pg.query(
-            self._primary(),
-            sql,
+        return pg.Primary(
+            running[0],
             user=secrets.get("POSTGRES_USER", self.config.postgres.user),
             database=secrets.get("POSTGRES_DB", self.config.postgres.database),
         )
 
-    def replication_status(self) -> Any:
-        standbys = self._running("postgres-standby")
+    def replication_status(self) -> ClusterStatus:
         return pg.cluster_status(
-            self.name, self._primary().name, standbys, self._psql, sync=self.load_state().sync
+            self.name,
+            self.primary(),
+            self._running("postgres-standby"),
+            sync=self.load_state().sync,
         )
 
     def replicate(
         self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
-    ) -> Any:
-        from taskscale.replication.model import ReplicationChange
-
+    ) -> ReplicationChange:
         started = time.monotonic()
         old = self.load_state()
         wanted = ComposeState(
@@ -392,16 +382,17 @@ class ComposeTarget(Target):
         if wanted.sync and wanted.standbys == 0:
             raise UsageError("--sync needs at least one standby")
         apps = self._running("app")
-        if not apps or not self._running("postgres"):
+        if not apps:
             raise TargetError(
                 "the compose stack is not running",
                 hint="start it first: taskscale up --target compose",
             )
+        primary = self.primary()
         changed: list[str] = []
         if old.sync and (not wanted.sync or wanted.standbys < old.standbys):
             # Never leave the primary waiting for a standby that is about to go away.
             on_step("switching commits to asynchronous")
-            self._psql(pg.set_sync_sql(False))
+            primary.run(*pg.set_sync(False))
         on_step(f"docker compose up: {wanted.standbys} standbys, app reads re-pointed")
         timeout = max(180.0, self.config.stack.ready_timeout * 6)
         try:
@@ -426,7 +417,7 @@ class ComposeTarget(Target):
         if wanted.sync != old.sync:
             changed.append("sync" if wanted.sync else "async")
         self.save_state(wanted)
-        self._converge_replication(wanted, on_step)
+        self._converge_replication(wanted, on_step, primary)
         return ReplicationChange(
             action="replicate",
             changed=changed,
@@ -434,31 +425,38 @@ class ComposeTarget(Target):
             seconds=time.monotonic() - started,
         )
 
-    def _converge_replication(self, state: ComposeState, on_step: StepCallback) -> None:
+    def _converge_replication(
+        self, state: ComposeState, on_step: StepCallback, primary: pg.Primary | None = None
+    ) -> None:
         """Wait until every standby streams, then apply sync and drop slots of removed ones."""
-        deadline = time.monotonic() + max(60.0, self.config.stack.ready_timeout * 2)
-        while True:
-            streaming = [r for r in self._psql(pg.SENDERS_SQL) if r[1] == "streaming"]
-            if len(streaming) >= state.standbys:
-                break
-            if time.monotonic() > deadline:
-                raise ServiceNotReady(
-                    f"{len(streaming)} of {state.standbys} standbys are streaming after "
-                    f"{deadline:.0f}s",
-                    hint="see `taskscale logs postgres-standby --target compose`",
-                )
-            on_step(f"waiting for standbys to stream ({len(streaming)}/{state.standbys})")
-            time.sleep(0.5)
-        self._psql(pg.set_sync_sql(state.sync and state.standbys > 0))
-        self._psql(pg.DROP_STALE_SLOTS_SQL)
+        primary = primary or self.primary()
+        timeout = max(60.0, self.config.stack.ready_timeout * 2)
+        streaming = 0
 
-    def switchover(self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps) -> Any:
+        def all_streaming() -> bool:
+            nonlocal streaming
+            streaming = sum(1 for r in primary.run(pg.SENDERS_SQL) if r[1] == "streaming")
+            on_step(f"waiting for standbys to stream ({streaming}/{state.standbys})")
+            return streaming >= state.standbys
+
+        if not proc.poll_until(all_streaming, timeout, max_interval=0.5):
+            raise ServiceNotReady(
+                f"{streaming} of {state.standbys} standbys are streaming after {timeout:g}s",
+                hint="see `taskscale logs postgres-standby --target compose`",
+            )
+        primary.run(*pg.set_sync(state.sync and state.standbys > 0), pg.DROP_STALE_SLOTS_SQL)
+
+    def switchover(
+        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
         raise self._local_only("switchover")
 
-    def failover(self, to: str | None, force: bool, on_step: StepCallback = _no_steps) -> Any:
+    def failover(
+        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
+    ) -> ReplicationChange:
         raise self._local_only("failover")
 
-    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> Any:
+    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
         raise self._local_only("rejoin")
 
     def _local_only(self, what: str) -> TaskscaleError:
