@@ -14,8 +14,8 @@ from taskscale.loadtest.metrics import (
     decode,
     encode,
     new_histogram,
-    summarize,
 )
+from taskscale.loadtest.summary import summarize
 
 T0 = 1_700_000_000.0
 

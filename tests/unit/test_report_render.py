@@ -16,7 +16,7 @@ from taskscale.loadtest.service import build_report, rerender_run, sweep_summary
 from taskscale.loadtest.slo import parse_slo
 from taskscale.report import HISTOGRAMS_FILE, read_report, write_all
 from taskscale.report.model import Environment, GeneratorLoad, Report
-from taskscale.report.tables import all_tables
+from taskscale.report.tables import all_tables, environment_rows, regression_lines
 
 T0 = 1_700_000_000.0
 
@@ -165,6 +165,32 @@ def test_baseline_flags_injected_slowdown() -> None:
     assert not same.regressions
     tables = {t.title.split(" (")[0]: t for t in all_tables(slow)}
     assert any(row[-1] == "REGRESSION" for row in tables["Compared with b.json"].rows)
+
+
+def test_forms_share_environment_rows_and_regression_lines() -> None:
+    from taskscale.report import html, junit, markdown
+
+    slow = build_report(
+        metrics(slowdown_ms=5), [], environment(), baseline=make_report(), baseline_path="b.json"
+    )
+    rows = environment_rows(slow)
+    assert ["target", "local"] in rows and ["replicas", "2"] in rows
+    assert all(key != "rate" for key, _ in rows)  # unset fields are left out
+    lines = regression_lines(slow)
+    assert lines and any(line.startswith("total p95 ") for line in lines)
+    assert regression_lines(make_report()) == []
+    md, page = markdown.render(slow), html.render(slow)
+    suite = ET.fromstring(junit.render(slow)).find("testsuite")
+    assert suite is not None
+    properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    for key, value in rows:
+        assert f"| {key} | {value} |" in md
+        assert f"<td>{key}</td><td>{value}</td>" in page
+        assert properties[key] == value
+    summary = suite.findtext("system-out") or ""
+    for line in lines:
+        assert line in md
+        assert f"regression vs b.json: {line}" in summary
 
 
 def test_rps_drop_is_a_regression_and_small_noise_is_not() -> None:

@@ -1,4 +1,4 @@
-"""Exact latencies in HDR histograms: recorded per request, merged across processes, summarised.
+"""Exact latencies in HDR histograms: recorded per request, merged across processes.
 
 Locust rounds response times into buckets before it computes percentiles; here every request's
 latency goes into an HDR histogram (microseconds, 3 significant digits for totals and
@@ -6,7 +6,8 @@ endpoints, 2 for the per-second timeline) so the report's percentiles are exact 
 
 Each Locust worker owns one ``Recorder``; at the end it writes ``Recorder.dump()`` as JSON into
 the run's ``raw/`` directory. ``RunMetrics`` merges those dumps (histograms add exactly) and is
-itself stored as ``histograms.json`` so a report can be re-rendered later.
+itself stored as ``histograms.json`` so a report can be re-rendered later. Percentiles are
+taken in ``summary.py``: this module is shipped into Locust pods and imports no pydantic.
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ LOWEST_US = 1
 HIGHEST_US = 300_000_000  # 5 minutes: longer responses are clamped (and counted as that)
 TOTAL_DIGITS = 3
 SECOND_DIGITS = 2
-PERCENTILES: tuple[tuple[str, float], ...] = (
-    ("p50", 50.0),
-    ("p90", 90.0),
-    ("p95", 95.0),
-    ("p99", 99.0),
-    ("p999", 99.9),
-)
 FORMAT_VERSION = 1
 
 
@@ -188,44 +182,6 @@ def _record_twice(first: HdrHistogram, second: HdrHistogram, value: int) -> None
             hist.min_value = value
         if value > hist.max_value:
             hist.max_value = value
-
-
-@dataclass(frozen=True)
-class LatencySummary:
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    p999: float
-    max: float
-    mean: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "p50": self.p50,
-            "p90": self.p90,
-            "p95": self.p95,
-            "p99": self.p99,
-            "p999": self.p999,
-            "max": self.max,
-            "mean": self.mean,
-        }
-
-
-def summarize(hist: HdrHistogram) -> LatencySummary:
-    """Percentiles in milliseconds (0 for an empty histogram)."""
-    if hist.get_total_count() == 0:
-        return LatencySummary(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    values = {key: hist.get_value_at_percentile(pct) / 1000.0 for key, pct in PERCENTILES}
-    return LatencySummary(
-        p50=values["p50"],
-        p90=values["p90"],
-        p95=values["p95"],
-        p99=values["p99"],
-        p999=values["p999"],
-        max=hist.get_max_value() / 1000.0,
-        mean=round(hist.get_mean_value() / 1000.0, 3),
-    )
 
 
 @dataclass

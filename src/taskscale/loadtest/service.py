@@ -72,6 +72,8 @@ class _Context:
     baseline: Report | None
     # Set when Locust runs next to the stack (in the cluster) rather than on this machine.
     generator: LoadGenerator | None = None
+    # The project's stack (None with --host); a sweep scales it through this same instance.
+    target: Target | None = None
 
 
 # ---------------------------------------------------------------- preflight and resolution
@@ -220,6 +222,7 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
         app_version=_app_version(project, ready_body),
         baseline=baseline,
         generator=generator,
+        target=target,
     )
 
 
@@ -399,7 +402,8 @@ def _run_sweep(
     on_step: StepCallback,
 ) -> tuple[Report, list[Path]]:
     replicas = ctx.spec.sweep or []
-    target = _target(ctx.spec, project)
+    target = ctx.target
+    assert target is not None, "_prepare rejects a sweep with --host"
     original = ctx.replicas
     ready_timeout = project.config.stack.ready_timeout if project is not None else 30.0
     steps: list[tuple[Report, str]] = []

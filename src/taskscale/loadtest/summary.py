@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from taskscale.loadtest.metrics import RunMetrics, Series, summarize
+from hdrh.histogram import HdrHistogram
+
+from taskscale.loadtest.metrics import RunMetrics, Series
 from taskscale.report.model import EndpointStats, Latency, TimelinePoint, Totals
 
+PERCENTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p95", 95.0),
+    ("p99", 99.0),
+    ("p999", 99.9),
+)
 
-def _latency(series: Series) -> Latency:
-    return Latency(**summarize(series.hist).to_dict())
+
+def summarize(hist: HdrHistogram) -> Latency:
+    """Percentiles in milliseconds (0 for an empty histogram)."""
+    if hist.get_total_count() == 0:
+        return Latency(p50=0.0, p90=0.0, p95=0.0, p99=0.0, p999=0.0, max=0.0, mean=0.0)
+    values = {key: hist.get_value_at_percentile(pct) / 1000.0 for key, pct in PERCENTILES}
+    return Latency(
+        **values,
+        max=hist.get_max_value() / 1000.0,
+        mean=round(hist.get_mean_value() / 1000.0, 3),
+    )
 
 
 def _totals_fields(series: Series, window: float) -> dict[str, object]:
@@ -20,7 +38,7 @@ def _totals_fields(series: Series, window: float) -> dict[str, object]:
         if counts.requests
         else 0.0,
         "rps": round(counts.requests / window, 1) if window else 0.0,
-        "latency_ms": _latency(series),
+        "latency_ms": summarize(series.hist),
     }
 
 

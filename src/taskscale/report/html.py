@@ -13,7 +13,7 @@ from jinja2 import Environment as Jinja
 from jinja2 import select_autoescape
 
 from taskscale.report.model import Report
-from taskscale.report.tables import all_tables, headline, warnings
+from taskscale.report.tables import all_tables, environment_rows, headline, warnings
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -166,9 +166,5 @@ def render(report: Report) -> str:
         warnings=warnings(report),
         tables=all_tables(report),
         charts=charts,
-        environment=[
-            (key, value)
-            for key, value in report.environment.model_dump().items()
-            if value is not None
-        ],
+        environment=environment_rows(report),
     )

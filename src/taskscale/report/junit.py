@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from taskscale.report.model import Report
-from taskscale.report.tables import headline, warnings
+from taskscale.report.tables import environment_rows, headline, regression_lines, warnings
 
 
 def render(report: Report) -> str:
@@ -24,9 +24,8 @@ def render(report: Report) -> str:
         },
     )
     properties = ET.SubElement(suite, "properties")
-    for key, value in report.environment.model_dump().items():
-        if value is not None:
-            ET.SubElement(properties, "property", {"name": key, "value": str(value)})
+    for key, value in environment_rows(report):
+        ET.SubElement(properties, "property", {"name": key, "value": value})
     for result in report.slo:
         case = ET.SubElement(
             suite, "testcase", {"classname": "taskscale.slo", "name": result.expr, "time": "0"}
@@ -49,12 +48,8 @@ def render(report: Report) -> str:
     )
     summary = [headline(report), *(f"warning: {w}" for w in warnings(report))]
     if report.baseline is not None:
-        summary += [
-            f"regression vs {report.baseline.baseline_path}: {r.scope} {r.metric} "
-            f"{r.baseline:g} -> {r.current:g} ({r.delta_pct:+.1f}%)"
-            for r in report.baseline.regressions
-            if r.delta_pct is not None
-        ]
+        path = report.baseline.baseline_path
+        summary += [f"regression vs {path}: {line}" for line in regression_lines(report)]
     ET.SubElement(suite, "system-out").text = "\n".join(summary)
     suites = ET.Element("testsuites", {"tests": str(len(report.slo)), "failures": str(failures)})
     suites.append(suite)

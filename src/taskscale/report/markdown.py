@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from taskscale.report.model import Report
-from taskscale.report.tables import TableData, all_tables, headline, warnings
+from taskscale.report.tables import (
+    TableData,
+    all_tables,
+    environment_rows,
+    headline,
+    regression_lines,
+    warnings,
+)
 
 
 def _escape(cell: str) -> str:
@@ -29,11 +36,7 @@ def render(report: Report) -> str:
     if failed:
         parts += ["**Failed SLO gates:** " + ", ".join(f"`{r.expr}`" for r in failed), ""]
     if report.baseline is not None and report.baseline.regressions:
-        listed = ", ".join(
-            f"{r.scope} {r.metric} {r.delta_pct:+.1f}%"
-            for r in report.baseline.regressions
-            if r.delta_pct is not None
-        )
+        listed = ", ".join(regression_lines(report))
         parts += [
             f"**{len(report.baseline.regressions)} regression(s)** beyond "
             f"{report.baseline.threshold_pct:g}% vs the baseline: {listed}",
@@ -41,17 +44,10 @@ def render(report: Report) -> str:
         ]
     for data in all_tables(report):
         parts += [f"## {data.title}", "", table(data), ""]
-    env = report.environment
     parts += [
         "## Environment",
         "",
-        table(
-            TableData(
-                "environment",
-                ["key", "value"],
-                [[key, str(value)] for key, value in env.model_dump().items() if value is not None],
-            )
-        ),
+        table(TableData("environment", ["key", "value"], environment_rows(report))),
         "",
     ]
     return "\n".join(parts)

@@ -12,7 +12,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
-LATENCY_KEYS = ("p50", "p90", "p95", "p99", "p999", "max")
 
 
 class _Model(BaseModel):

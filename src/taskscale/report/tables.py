@@ -168,6 +168,26 @@ def headline(report: Report) -> str:
     return head
 
 
+def environment_rows(report: Report) -> list[list[str]]:
+    """``[key, value]`` for every environment field that is set."""
+    return [
+        [key, str(value)]
+        for key, value in report.environment.model_dump().items()
+        if value is not None
+    ]
+
+
+def regression_lines(report: Report) -> list[str]:
+    """One line per regression against the baseline: scope, metric, baseline -> current."""
+    if report.baseline is None:
+        return []
+    return [
+        f"{r.scope} {r.metric} {r.baseline:g} -> {r.current:g} ({r.delta_pct:+.1f}%)"
+        for r in report.baseline.regressions
+        if r.delta_pct is not None
+    ]
+
+
 def warnings(report: Report) -> list[str]:
     """Saturation and other caveats, shown in every form."""
     items = []
