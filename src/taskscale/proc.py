@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from taskscale.errors import CommandFailed, MissingBinary, ServiceNotReady
 
@@ -39,6 +40,18 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def file_tail(path: Path, lines: int = TAIL_LINES) -> str | None:
+    """The last ``lines`` lines of a log file, read from its end (logs can be large)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return tail(data, lines) or None
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -48,27 +61,13 @@ def run(
     check: bool = True,
     input_text: str | None = None,
 ) -> Completed:
-    """Run ``argv`` to completion within ``timeout`` seconds and return its captured output."""
-    args = [os.fspath(a) for a in argv]
-    try:
-        proc = subprocess.run(
-            args,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise MissingBinary(f"program not found: {args[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        raise CommandFailed(
-            f"timed out after {timeout:g}s: {_display(args)}", detail=tail(stderr) or None
-        ) from exc
-    return _completed(args, proc.returncode, proc.stdout, proc.stderr, check=check)
+    """Run ``argv`` to completion within ``timeout`` seconds and return its captured output.
+
+    Its stdin gets ``input_text`` (nothing by default) and is then closed, so a command that
+    unexpectedly reads stdin sees end-of-file instead of waiting on ours.
+    """
+    with start(argv, timeout=timeout, cwd=cwd, env=env) as started:
+        return started.finish(input_text or "", check=check)
 
 
 def _completed(
@@ -147,20 +146,33 @@ def start(
 ) -> Started:
     """Start ``argv`` with pipes for stdin/stdout/stderr; ``Started.finish`` completes it."""
     args = [os.fspath(a) for a in argv]
+    popen: subprocess.Popen[str] = _popen(
+        args,
+        cwd,
+        env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return Started(args, popen, timeout)
+
+
+def _popen(
+    args: list[str],
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    **options: Any,
+) -> Any:
+    """``subprocess.Popen`` with a missing program or directory as one clear error."""
     try:
-        popen = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            close_fds=True,
+        return subprocess.Popen(
+            args, cwd=cwd, env=dict(env) if env is not None else None, close_fds=True, **options
         )
     except FileNotFoundError as exc:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise CommandFailed(f"working directory not found: {os.fspath(cwd)}") from exc
         raise MissingBinary(f"program not found: {args[0]}") from exc
-    return Started(args, popen, timeout)
 
 
 def spawn(
@@ -178,19 +190,15 @@ def spawn(
     args = [os.fspath(a) for a in argv]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        try:
-            child = subprocess.Popen(
-                args,
-                cwd=cwd,
-                env=dict(env) if env is not None else None,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except FileNotFoundError as exc:
-            raise MissingBinary(f"program not found: {args[0]}") from exc
+        child: subprocess.Popen[bytes] = _popen(
+            args,
+            cwd,
+            env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     _children[child.pid] = child
     return child.pid
 
@@ -282,7 +290,5 @@ def wait_until(
     """Wait for ``check`` or raise ``ServiceNotReady`` naming ``what`` with its log tail."""
     if poll_until(check, timeout, max_interval=max_interval):
         return
-    detail = None
-    if log_path is not None and log_path.exists():
-        detail = tail(log_path.read_text(errors="replace"))
+    detail = file_tail(log_path) if log_path is not None else None
     raise ServiceNotReady(f"{what} did not become ready within {timeout:g}s", detail=detail)

@@ -9,6 +9,7 @@ import typer
 
 from taskscale import console
 from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
+from taskscale.replication import plan
 from taskscale.replication.model import ClusterStatus, ReplicationChange
 from taskscale.targets import get_target
 
@@ -85,7 +86,7 @@ def switchover(
     max_lag: Annotated[
         int,
         typer.Option("--max-lag", help="Refuse when the standby is more bytes behind than this."),
-    ] = 16 * 1024 * 1024,
+    ] = plan.DEFAULT_MAX_LAG_BYTES,
     project: ProjectDir = None,
     target: TargetName = None,
     context: KubeContext = None,

@@ -9,6 +9,34 @@ Role = Literal["primary", "standby"]
 
 
 @dataclass(frozen=True)
+class WalSender:
+    """One row of the primary's pg_stat_replication (joined with its slot)."""
+
+    application_name: str
+    state: str
+    sent_lsn: str | None
+    write_lsn: str | None
+    flush_lsn: str | None
+    replay_lsn: str | None
+    lag_bytes: int | None
+    replay_lag_seconds: float | None
+    sync_state: str
+    slot: str | None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    in_recovery: bool
+    timeline: int | None
+    current_lsn: str | None  # primary: pg_current_wal_lsn; standby: last replayed
+    receive_lsn: str | None
+    replay_lsn: str | None
+    replay_delay_seconds: float | None
+    receiver_status: str | None
+    synchronous_standby_names: str
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     name: str
     role: Role

@@ -9,11 +9,13 @@ import re
 from collections.abc import Iterable, Sequence
 
 from taskscale.errors import UsageError
-from taskscale.replication.model import NodeStatus
+from taskscale.replication.model import NodeInfo, NodeStatus, WalSender
 
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _SLOT_RE = re.compile(r"[^a-z0-9_]")
 MAX_STANDBYS = 5
+# switchover refuses a standby further behind than this unless --max-lag says otherwise.
+DEFAULT_MAX_LAG_BYTES = 16 * 1024 * 1024
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -114,3 +116,66 @@ def most_advanced(standbys: Iterable[NodeStatus]) -> NodeStatus | None:
         return (received, replay, node.name)
 
     return max(candidates, key=key)
+
+
+def primary_status(
+    name: str, info: NodeInfo | None, *, port: int, host: str = "127.0.0.1"
+) -> NodeStatus:
+    """The primary's row: running with its WAL position, or down when it did not answer."""
+    return NodeStatus(
+        name=name,
+        role="primary",
+        state="running" if info is not None else "down",
+        port=port,
+        host=host,
+        timeline=info.timeline if info else None,
+        sent_lsn=info.current_lsn if info else None,
+    )
+
+
+def standby_status(
+    name: str,
+    info: NodeInfo | None,
+    sender: WalSender | None,
+    primary: NodeInfo | None,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    slot: str | None = None,
+) -> NodeStatus:
+    """A standby's row: the primary's view of it while it streams (``sender``), else what it
+    says itself (``info``), else down. ``slot`` names its slot when no sender reports one."""
+    if sender is not None:
+        # pg_stat_replication keeps the last replay lag while idle: nothing waits to replay.
+        lag_seconds = 0.0 if sender.lag_bytes == 0 else sender.replay_lag_seconds
+        return NodeStatus(
+            name=name,
+            role="standby",
+            state=sender.state,
+            port=port,
+            host=host,
+            timeline=known.timeline if (known := info or primary) else None,
+            sent_lsn=sender.sent_lsn,
+            write_lsn=sender.write_lsn,
+            flush_lsn=sender.flush_lsn,
+            replay_lsn=sender.replay_lsn,
+            lag_bytes=sender.lag_bytes,
+            lag_seconds=lag_seconds,
+            sync_state=sender.sync_state,
+            slot=sender.slot or slot,
+        )
+    if info is None:
+        return NodeStatus(name=name, role="standby", state="down", port=port, host=host)
+    return NodeStatus(
+        name=name,
+        role="standby",
+        state=info.receiver_status or ("recovering" if info.in_recovery else "promoted"),
+        port=port,
+        host=host,
+        timeline=info.timeline,
+        flush_lsn=info.receive_lsn,
+        replay_lsn=info.replay_lsn,
+        lag_bytes=lsn_diff(primary.current_lsn, info.replay_lsn) if primary else None,
+        lag_seconds=info.replay_delay_seconds,
+        slot=slot,
+    )

@@ -2,71 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from taskscale.replication.model import NodeInfo as NodeInfo
+from taskscale.replication.model import WalSender as WalSender
+
 Conn = psycopg.Connection[TupleRow]
 
-
-@dataclass(frozen=True)
-class WalSender:
-    """One row of the primary's pg_stat_replication (joined with its slot)."""
-
-    application_name: str
-    state: str
-    sent_lsn: str | None
-    write_lsn: str | None
-    flush_lsn: str | None
-    replay_lsn: str | None
-    lag_bytes: int | None
-    replay_lag_seconds: float | None
-    sync_state: str
-    slot: str | None
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    in_recovery: bool
-    timeline: int | None
-    current_lsn: str | None  # primary: pg_current_wal_lsn; standby: last replayed
-    receive_lsn: str | None
-    replay_lsn: str | None
-    replay_delay_seconds: float | None
-    receiver_status: str | None
-    synchronous_standby_names: str
+# pg_stat_replication joined with each sender's slot: the columns of ``wal_sender``.
+WAL_SENDERS_SQL = """
+SELECT r.application_name, r.state,
+       r.sent_lsn::text, r.write_lsn::text, r.flush_lsn::text, r.replay_lsn::text,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint,
+       EXTRACT(EPOCH FROM r.replay_lag)::float8,
+       r.sync_state, s.slot_name::text
+  FROM pg_stat_replication r
+  LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid
+ ORDER BY r.application_name
+"""
 
 
 def wal_senders(conn: Conn) -> list[WalSender]:
-    rows = conn.execute(
-        """
-        SELECT r.application_name, r.state,
-               r.sent_lsn::text, r.write_lsn::text, r.flush_lsn::text, r.replay_lsn::text,
-               pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint,
-               EXTRACT(EPOCH FROM r.replay_lag)::float8,
-               r.sync_state, s.slot_name::text
-          FROM pg_stat_replication r
-          LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid
-         ORDER BY r.application_name
-        """
-    ).fetchall()
-    return [
-        WalSender(
-            application_name=str(r[0]),
-            state=str(r[1]),
-            sent_lsn=r[2],
-            write_lsn=r[3],
-            flush_lsn=r[4],
-            replay_lsn=r[5],
-            lag_bytes=None if r[6] is None else int(r[6]),
-            replay_lag_seconds=None if r[7] is None else float(r[7]),
-            sync_state=str(r[8]),
-            slot=r[9],
-        )
-        for r in rows
-    ]
+    return [wal_sender(row) for row in conn.execute(WAL_SENDERS_SQL).fetchall()]
+
+
+def wal_sender(r: Sequence[Any]) -> WalSender:
+    """One ``WAL_SENDERS_SQL`` row (typed values, or psql's text with NULL as None)."""
+    return WalSender(
+        application_name=str(r[0]),
+        state=str(r[1]),
+        sent_lsn=r[2],
+        write_lsn=r[3],
+        flush_lsn=r[4],
+        replay_lsn=r[5],
+        lag_bytes=None if r[6] is None else int(r[6]),
+        replay_lag_seconds=None if r[7] is None else float(r[7]),
+        sync_state=str(r[8]),
+        slot=r[9],
+    )
 
 
 def node_info(conn: Conn) -> NodeInfo:

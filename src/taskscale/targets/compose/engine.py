@@ -168,6 +168,7 @@ def build_image(
     ``client`` needs a long read timeout: a build can stay silent for minutes (pip install).
     """
     import docker.errors
+    import requests.exceptions
 
     lines: list[str] = []
     try:
@@ -192,7 +193,8 @@ def build_image(
             if text:
                 lines.append(text)
                 yield text
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        # RequestException: the engine went away, or stayed silent past the read timeout.
         raise CommandFailed(
             f"building the app image {tag} failed: {exc}", detail="\n".join(lines[-15:]) or None
         ) from exc

@@ -11,15 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskscale.errors import TargetError
-from taskscale.replication.model import ClusterStatus, NodeStatus
-
-SENDERS_SQL = """
-SELECT r.application_name, r.state, r.sent_lsn, r.write_lsn, r.flush_lsn, r.replay_lsn,
-       COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint, 0),
-       COALESCE(EXTRACT(EPOCH FROM r.replay_lag), 0), r.sync_state,
-       COALESCE((SELECT s.slot_name FROM pg_replication_slots s WHERE s.active_pid = r.pid), '')
-FROM pg_stat_replication r ORDER BY r.application_name
-"""
+from taskscale.replication import plan, sql
+from taskscale.replication.model import ClusterStatus, NodeInfo, WalSender
 
 TIMELINE_SQL = "SELECT timeline_id FROM pg_control_checkpoint()"
 
@@ -71,57 +64,37 @@ class Primary:
         return [line.split("\t") for line in text.splitlines() if line]
 
 
+def senders(primary: Primary) -> list[WalSender]:
+    """The primary's WAL senders (psql prints NULL as an empty field)."""
+    rows = primary.run(sql.WAL_SENDERS_SQL)
+    return [sql.wal_sender([v if v != "" else None for v in row]) for row in rows]
+
+
 def cluster_status(
     target: str, primary: Primary, standbys: list[Any], *, sync: bool
 ) -> ClusterStatus:
-    timeline_rows = primary.run(TIMELINE_SQL)
-    timeline = int(timeline_rows[0][0]) if timeline_rows else None
-    senders = {row[0]: row for row in primary.run(SENDERS_SQL)}
-    primary_name = primary.name
-    nodes = [
-        NodeStatus(
-            name=primary_name,
-            role="primary",
-            state="running",
-            port=5432,
-            host="postgres",
-            timeline=timeline,
-        )
-    ]
-    notes: list[str] = []
+    rows = primary.run(TIMELINE_SQL)
+    # Standbys are not reachable from here: their rows come from the primary's view alone.
+    info = NodeInfo(
+        in_recovery=False,
+        timeline=int(rows[0][0]) if rows else None,
+        current_lsn=None,
+        receive_lsn=None,
+        replay_lsn=None,
+        replay_delay_seconds=None,
+        receiver_status=None,
+        synchronous_standby_names="",
+    )
+    by_name = {s.application_name: s for s in senders(primary)}
+    nodes = [plan.primary_status(primary.name, info, port=5432, host="postgres")]
     for container in standbys:
         # Each standby reports its container hostname as application_name (cluster_name).
         hostname = str(container.attrs.get("Config", {}).get("Hostname", ""))
-        row = senders.pop(hostname, None)
-        if row is None:
-            nodes.append(
-                NodeStatus(
-                    name=container.name,
-                    role="standby",
-                    state="down",
-                    port=5432,
-                    host="postgres-standby",
-                )
-            )
-            continue
+        sender = by_name.pop(hostname, None)
         nodes.append(
-            NodeStatus(
-                name=container.name,
-                role="standby",
-                state=row[1],
-                port=5432,
-                host="postgres-standby",
-                timeline=timeline,
-                sent_lsn=row[2] or None,
-                write_lsn=row[3] or None,
-                flush_lsn=row[4] or None,
-                replay_lsn=row[5] or None,
-                lag_bytes=int(row[6]),
-                # pg_stat_replication keeps the last lag while idle: nothing waits to replay.
-                lag_seconds=0.0 if int(row[6]) == 0 else float(row[7]),
-                sync_state=row[8] or None,
-                slot=row[9] or None,
+            plan.standby_status(
+                container.name, None, sender, info, port=5432, host="postgres-standby"
             )
         )
-    notes += [f"unknown WAL receiver {name!r} streams from the primary" for name in senders]
-    return ClusterStatus(target=target, primary=primary_name, sync=sync, nodes=nodes, notes=notes)
+    notes = [f"unknown WAL receiver {name!r} streams from the primary" for name in by_name]
+    return ClusterStatus(target=target, primary=primary.name, sync=sync, nodes=nodes, notes=notes)

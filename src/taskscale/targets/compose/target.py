@@ -30,6 +30,7 @@ from taskscale.errors import (
     TaskscaleError,
     UsageError,
 )
+from taskscale.replication import plan
 from taskscale.replication.model import ClusterStatus, ReplicationChange
 from taskscale.targets.base import (
     DownResult,
@@ -56,7 +57,6 @@ from taskscale.targets.local.ports import check_ports_free
 COMPOSE_FILE = Path("deploy") / "docker-compose.yml"
 DOCKERFILE = "deploy/Dockerfile"
 STATE_FILE = "compose.json"
-MAX_STANDBYS = 8
 PROFILES_ALL = ("replication", "observability")
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -205,7 +205,7 @@ class ComposeTarget(Target):
     ) -> Exception:
         """The service that kept `up` from finishing, with its log tail; a first `up` that failed
         is taken down again so nothing half-started is left behind."""
-        culprit = next((c for c in self.containers() if not self._service_status(c).healthy), None)
+        culprit = next((c for c in self.containers() if not _state(c)[1]), None)
         message = str(exc.detail or exc).strip().splitlines()
         first = message[-1] if message else str(exc)
         if culprit is not None:
@@ -249,16 +249,7 @@ class ComposeTarget(Target):
     def _service_status(self, container: Any) -> ServiceStatus:
         service = container.labels.get(SERVICE_LABEL, "?")
         info = container.attrs.get("State", {})
-        exit_code = info.get("ExitCode", 0)
-        if container.status == "running":
-            state = "running"
-            health = _health(container)
-            healthy = health in (None, "healthy")
-        elif service in ONE_SHOT and exit_code == 0 and container.status == "exited":
-            state, healthy = "completed", True
-        else:
-            state = "dead" if container.status in ("exited", "dead") else "stopped"
-            healthy = False
+        state, healthy = _state(container)
         port = self.config.ports.api if service == "nginx" else _PORTS.get(service)
         log_tail = None
         if not healthy:
@@ -377,8 +368,7 @@ class ComposeTarget(Target):
             standbys=max(old.standbys, 1) if standbys is None else standbys,
             sync=old.sync if sync is None else sync,
         )
-        if not 0 <= wanted.standbys <= MAX_STANDBYS:
-            raise UsageError(f"--replicas must be between 0 and {MAX_STANDBYS} standbys")
+        plan.check_standby_count(wanted.standbys)
         if wanted.sync and wanted.standbys == 0:
             raise UsageError("--sync needs at least one standby")
         apps = self._running("app")
@@ -418,11 +408,11 @@ class ComposeTarget(Target):
             changed.append("sync" if wanted.sync else "async")
         self.save_state(wanted)
         self._converge_replication(wanted, on_step, primary)
+        status = pg.cluster_status(
+            self.name, primary, self._running("postgres-standby"), sync=wanted.sync
+        )
         return ReplicationChange(
-            action="replicate",
-            changed=changed,
-            status=self.replication_status(),
-            seconds=time.monotonic() - started,
+            action="replicate", changed=changed, status=status, seconds=time.monotonic() - started
         )
 
     def _converge_replication(
@@ -435,7 +425,7 @@ class ComposeTarget(Target):
 
         def all_streaming() -> bool:
             nonlocal streaming
-            streaming = sum(1 for r in primary.run(pg.SENDERS_SQL) if r[1] == "streaming")
+            streaming = sum(1 for s in pg.senders(primary) if s.state == "streaming")
             on_step(f"waiting for standbys to stream ({streaming}/{state.standbys})")
             return streaming >= state.standbys
 
@@ -474,9 +464,21 @@ def _sort_key(container: Any) -> tuple[int, str]:
     return (rank, f"{service}-{int(number):04d}" if number.isdigit() else container.name)
 
 
-def _health(container: Any) -> str | None:
-    health = container.attrs.get("State", {}).get("Health")
-    return str(health.get("Status")) if isinstance(health, dict) else None
+def _state(container: Any) -> tuple[str, bool]:
+    """(running | completed | dead | stopped, healthy) of a container, from what the SDK listed.
+
+    Running counts as healthy when its healthcheck says so or it has none; the one-shot
+    migration is healthy once it exited 0.
+    """
+    info = container.attrs.get("State", {})
+    if container.status == "running":
+        health = info.get("Health")
+        status = health.get("Status") if isinstance(health, dict) else None
+        return "running", status in (None, "healthy")
+    service = container.labels.get(SERVICE_LABEL, "?")
+    if service in ONE_SHOT and container.status == "exited" and info.get("ExitCode", 0) == 0:
+        return "completed", True
+    return ("dead" if container.status in ("exited", "dead") else "stopped"), False
 
 
 def _uptime(state: dict[str, Any]) -> float | None:

@@ -103,16 +103,7 @@ def _float(value: Any) -> float | None:
 
 
 def primary_node(name: str, host: str, answer: PodAnswer | None) -> NodeStatus:
-    info = answer.info if answer else None
-    return NodeStatus(
-        name=name,
-        role="primary",
-        state="running" if info is not None else "down",
-        port=5432,
-        host=host,
-        timeline=info.timeline if info else None,
-        sent_lsn=info.current_lsn if info else None,
-    )
+    return plan.primary_status(name, answer.info if answer else None, port=5432, host=host)
 
 
 def standby_node(
@@ -123,38 +114,6 @@ def standby_node(
     primary: sql.NodeInfo | None,
 ) -> NodeStatus:
     """A standby's row: the primary's view of it when it streams, else its own."""
-    if answer is None:
-        return NodeStatus(name=name, role="standby", state="down", port=5432, host=host)
-    info = answer.info
-    if sender is not None:
-        lag_seconds = sender.replay_lag_seconds
-        if sender.lag_bytes == 0:
-            lag_seconds = 0.0  # pg_stat_replication shows no lag while idle: nothing to replay
-        return NodeStatus(
-            name=name,
-            role="standby",
-            state=sender.state,
-            port=5432,
-            host=host,
-            timeline=info.timeline,
-            sent_lsn=sender.sent_lsn,
-            write_lsn=sender.write_lsn,
-            flush_lsn=sender.flush_lsn,
-            replay_lsn=sender.replay_lsn,
-            lag_bytes=sender.lag_bytes,
-            lag_seconds=lag_seconds,
-            sync_state=sender.sync_state,
-            slot=sender.slot,
-        )
-    return NodeStatus(
-        name=name,
-        role="standby",
-        state=info.receiver_status or ("recovering" if info.in_recovery else "promoted"),
-        port=5432,
-        host=host,
-        timeline=info.timeline,
-        flush_lsn=info.receive_lsn,
-        replay_lsn=info.replay_lsn,
-        lag_bytes=plan.lsn_diff(primary.current_lsn, info.replay_lsn) if primary else None,
-        lag_seconds=info.replay_delay_seconds,
+    return plan.standby_status(
+        name, answer.info if answer else None, sender, primary, port=5432, host=host
     )

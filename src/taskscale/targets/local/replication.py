@@ -38,15 +38,13 @@ from taskscale.targets.local.postgres import (
     socket_dir_for,
     user_namespace_prefix,
 )
-from taskscale.targets.local.state import StackState
+from taskscale.targets.local.state import TOPOLOGY_FILE, StackState
 
 if TYPE_CHECKING:
     from taskscale.targets.local.target import LocalTarget, _Run
 
 PRIMARY = "postgres"
-TOPOLOGY_FILE = "replication.json"
 STREAMING_TIMEOUT = 30.0
-DEFAULT_MAX_LAG_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -155,14 +153,7 @@ class LocalCluster:
                 "`taskscale replicate failover` promotes a standby"
             )
         nodes.append(
-            NodeStatus(
-                name=topology.primary,
-                role="primary",
-                state="running" if primary_info is not None else "down",
-                port=self.port(topology.primary),
-                timeline=primary_info.timeline if primary_info else None,
-                sent_lsn=primary_info.current_lsn if primary_info else None,
-            )
+            plan.primary_status(topology.primary, primary_info, port=self.port(topology.primary))
         )
         for name in topology.standbys:
             nodes.append(self._standby_status(name, senders.get(name), primary_info))
@@ -182,46 +173,11 @@ class LocalCluster:
     def _standby_status(
         self, name: str, sender: sql.WalSender | None, primary: sql.NodeInfo | None
     ) -> NodeStatus:
-        port = self.port(name)
         info: sql.NodeInfo | None = None
         with contextlib.suppress(psycopg.Error), self.node(name).connect(timeout=2) as conn:
             info = sql.node_info(conn)
-        if info is None:
-            return NodeStatus(name=name, role="standby", state="down", port=port)
-        if sender is not None:
-            lag_bytes = sender.lag_bytes
-            lag_seconds = sender.replay_lag_seconds
-            if lag_seconds is None or lag_bytes == 0:
-                # pg_stat_replication reports no lag while idle: nothing is waiting to replay.
-                lag_seconds = 0.0 if lag_bytes == 0 else lag_seconds
-            return NodeStatus(
-                name=name,
-                role="standby",
-                state=sender.state,
-                port=port,
-                timeline=info.timeline,
-                sent_lsn=sender.sent_lsn,
-                write_lsn=sender.write_lsn,
-                flush_lsn=sender.flush_lsn,
-                replay_lsn=sender.replay_lsn,
-                lag_bytes=lag_bytes,
-                lag_seconds=lag_seconds,
-                sync_state=sender.sync_state,
-                slot=sender.slot,
-            )
-        state = "recovering" if info.in_recovery else "promoted"
-        lag = plan.lsn_diff(primary.current_lsn, info.replay_lsn) if primary else None
-        return NodeStatus(
-            name=name,
-            role="standby",
-            state=info.receiver_status or state,
-            port=port,
-            timeline=info.timeline,
-            flush_lsn=info.receive_lsn,
-            replay_lsn=info.replay_lsn,
-            lag_bytes=lag,
-            lag_seconds=info.replay_delay_seconds,
-            slot=plan.slot_name(name),
+        return plan.standby_status(
+            name, info, sender, primary, port=self.port(name), slot=plan.slot_name(name)
         )
 
     # ------------------------------------------------------------------ replicate
@@ -238,8 +194,8 @@ class LocalCluster:
             topology.sync = sync
             changed.append(f"sync={'on' if sync else 'off'}")
 
-        if len(topology.standbys) > count:
-            removed = topology.standbys[count:]
+        removed = topology.standbys[count:]
+        if removed:
             topology.standbys = topology.standbys[:count]
             on_step(f"removing standby {', '.join(removed)}")
             # Out of synchronous_standby_names and out of the app's read pool first (one
@@ -250,18 +206,9 @@ class LocalCluster:
             for name in removed:
                 self._remove_node(run, name, topology.primary)
             changed += removed
-            repointed = True
-        else:
-            repointed = False
 
         # Standbys that should run but do not (stopped by `down`, crashed): start them again.
-        for name in topology.standbys:
-            record = run.state.services.get(name)
-            if record is None or not record.alive():
-                run.state.services.pop(name, None)
-                on_step(f"starting standby {name}")
-                self._start_standby(run, name, topology.primary, fresh=False)
-                changed.append(name)
+        changed += self.start_nodes(run, on_step, topology)
 
         added = False
         while len(topology.standbys) < count:
@@ -276,23 +223,28 @@ class LocalCluster:
         if topology.standbys:
             on_step("waiting for every standby to stream")
             for name in topology.standbys:
-                self._wait_streaming(topology.primary, name)
+                self._wait_streaming(run, topology.primary, name)
         self._apply_sync(topology)
         topology.save(self.state_dir)
-        if added or (changed and not repointed):
+        if added or (changed and not removed):
             self.target.rollout_apps(run, on_step)
         return changed
 
-    def start_nodes(self, run: _Run, on_step: StepCallback) -> None:
-        """Called by ``up`` once the primary runs: start the standbys of the topology."""
-        topology = self.topology()
+    def start_nodes(
+        self, run: _Run, on_step: StepCallback, topology: Topology | None = None
+    ) -> list[str]:
+        """Start the topology's standbys that do not run (``up`` calls it once the primary
+        runs); names of those started."""
+        topology = topology or self.topology()
+        started: list[str] = []
         for name in topology.standbys:
-            record = run.state.services.get(name)
-            if record is not None and record.alive():
+            if _alive(run.state, name):
                 continue
             run.state.services.pop(name, None)
             on_step(f"starting standby {name}")
             self._start_standby(run, name, topology.primary, fresh=False)
+            started.append(name)
+        return started
 
     # ------------------------------------------------------------------ switchover / failover
 
@@ -383,7 +335,7 @@ class LocalCluster:
         self._stop(run, name)
         on_step(f"rewinding {name} onto {topology.primary}'s timeline (pg_rewind)")
         self._rewind(name, topology.primary)
-        self._make_standby(name, topology.primary)
+        self._make_standby(run, name, topology.primary)
         # The slot first: the node streams through it, and a hot standby accepts connections
         # (our readiness check) only once it has received enough WAL to be consistent.
         with self.node(topology.primary).connect() as conn:
@@ -394,7 +346,7 @@ class LocalCluster:
             topology.standbys.append(name)
         topology.detached = [d for d in topology.detached if d != name]
         topology.save(self.state_dir)
-        self._wait_streaming(topology.primary, name)
+        self._wait_streaming(run, topology.primary, name)
         self._apply_sync(topology)
         self.target.rollout_apps(run, on_step)
         return [name]
@@ -420,7 +372,7 @@ class LocalCluster:
             record = run.state.services.get(name)
             if record is not None and record.alive() and name not in rewind:
                 on_step(f"re-pointing {name} at {topology.primary}")
-                self._make_standby(name, topology.primary)
+                self._make_standby(run, name, topology.primary)
                 with self.node(name).connect() as conn:
                     conn.execute("SELECT pg_reload_conf()")
             else:
@@ -433,11 +385,11 @@ class LocalCluster:
             on_step(f"starting {name} as a standby of {topology.primary}")
             if name in rewind:
                 self._rewind(name, topology.primary)
-            self._make_standby(name, topology.primary)
+            self._make_standby(run, name, topology.primary)
             run.state.services.pop(name, None)
             self._spawn_node(run, name)
         for name in topology.standbys:
-            self._wait_streaming(topology.primary, name)
+            self._wait_streaming(run, topology.primary, name)
 
     def _next_name(self, topology: Topology) -> str:
         used = set(topology.nodes)
@@ -452,8 +404,7 @@ class LocalCluster:
             raise UsageError(f"unknown node {name!r}: this cluster has {known}")
 
     def _require_running(self, state: StackState, primary: str) -> None:
-        record = state.services.get(primary)
-        if record is None or not record.alive():
+        if not _alive(state, primary):
             raise TargetError(
                 f"the primary ({primary}) is not running",
                 hint="start the stack with `taskscale up` (or fail over if it died)",
@@ -482,11 +433,10 @@ class LocalCluster:
     def _start_standby(self, run: _Run, name: str, primary: str, *, fresh: bool) -> None:
         node = self.node(name)
         port = self.port(name)
-        if not ports.port_free(port):
-            ports.check_ports_free({port: name})
+        ports.check_ports_free({port: name})
         if fresh or not node.initialized:
             self._clone(name, primary)
-        self._make_standby(name, primary)
+        self._make_standby(run, name, primary)
         self._spawn_node(run, name)
 
     def _clone(self, name: str, primary: str) -> None:
@@ -527,7 +477,7 @@ class LocalCluster:
         # The primary's pg_replslot entries (other standbys' slots) are not copied, but its
         # auto.conf (synchronous_standby_names) is: the standby ignores it until promoted.
 
-    def _make_standby(self, name: str, primary: str) -> None:
+    def _make_standby(self, run: _Run, name: str, primary: str) -> None:
         """standby.signal + settings: this node's port, following ``primary`` through its slot."""
         node = self.node(name)
         (node.data_dir / "standby.signal").touch()
@@ -550,23 +500,19 @@ class LocalCluster:
             fh.write(render_settings(node.settings) + extra)
         # Slots inherited from a former life as primary would pin WAL here forever.
         replslot = node.data_dir / "pg_replslot"
-        if replslot.is_dir() and not self._running(name):
+        if replslot.is_dir() and not _alive(run.state, name):
             for child in replslot.iterdir():
                 shutil.rmtree(child, ignore_errors=True)
 
     def _spawn_node(self, run: _Run, name: str) -> None:
         node = self.node(name)
-        record = self.target.spawn_service(run, name, "postgres", node.argv(), self.port(name))
+        record = self.target.spawn(run, name, "postgres", node.argv(), self.port(name))
         self.target.wait_ready(record, node.ready)
-
-    def _running(self, name: str) -> bool:
-        record = self.target.state_file.load().services.get(name)
-        return record is not None and record.alive()
 
     def _stop(self, run: _Run, name: str) -> None:
         record = run.state.services.get(name)
         if record is not None:
-            self.target.stop_services([record])
+            self.target.stop_many([record])
             run.state.services.pop(name, None)
             run.state_file.save(run.state)
         node = self.node(name)
@@ -626,7 +572,7 @@ class LocalCluster:
             timeout=300,
         )
 
-    def _wait_streaming(self, primary: str, name: str) -> None:
+    def _wait_streaming(self, run: _Run, primary: str, name: str) -> None:
         node = self.node(primary)
 
         def streaming() -> bool:
@@ -639,7 +585,7 @@ class LocalCluster:
             except psycopg.Error:
                 return False
 
-        record = self.target.state_file.load().services.get(name)
+        record = run.state.services.get(name)
         proc.wait_until(
             streaming,
             timeout=STREAMING_TIMEOUT,
@@ -648,4 +594,9 @@ class LocalCluster:
         )
 
 
-__all__ = ["DEFAULT_MAX_LAG_BYTES", "LocalCluster", "Topology"]
+def _alive(state: StackState, name: str) -> bool:
+    record = state.services.get(name)
+    return record is not None and record.alive()
+
+
+__all__ = ["LocalCluster", "Topology"]

@@ -36,6 +36,10 @@ START_TIME_TOLERANCE = 0.5
 _SOCKET_PATH_LIMIT = 100
 
 
+# The replication topology (targets.local.replication); its presence means replication is on.
+TOPOLOGY_FILE = "replication.json"
+
+
 def runtime_dir(state_dir: Path) -> Path:
     """Where the stack's unix sockets live (PostgreSQL's, nginx's control socket).
 

@@ -48,6 +48,7 @@ from taskscale.targets.local import (
 )
 from taskscale.targets.local.state import (
     START_TIME_TOLERANCE,
+    TOPOLOGY_FILE,
     ServiceRecord,
     StackState,
     StateFile,
@@ -121,20 +122,6 @@ def _readyz_check(port: int | None) -> Callable[[], bool]:
 
 def _wait_port_free(port: int, timeout: float) -> bool:
     return proc.poll_until(lambda: ports.port_free(port), timeout)
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str | None:
-    """The last ``lines`` lines of a log (read from the end: logs can be large)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode(errors="replace")
-    except OSError:
-        return None
-    text = proc.tail(data, lines)
-    return text or None
 
 
 @dataclass
@@ -216,7 +203,7 @@ class LocalTarget(Target):
                 if not records:
                     continue
                 on_step(f"stopping {', '.join(r.name for r in records)}")
-                stopped += self._stop_many(records)
+                stopped += self.stop_many(records)
                 for record in records:
                     del state.services[record.name]
                 self.state_file.save(state)
@@ -241,7 +228,7 @@ class LocalTarget(Target):
                 _kill_orphans(state.services.pop(name))
         self.state_file.save(state)
 
-        pg_bins = binaries.postgres(cfg.postgres.binaries)
+        self.pg_bins()  # every binary is checked before anything starts
         redis_bin = binaries.redis_server()
         nginx_bin = binaries.nginx()
         if os.geteuid() == 0:
@@ -272,30 +259,20 @@ class LocalTarget(Target):
                 launcher = unused.enter_context(
                     preload.start_launcher(python, self.project.root, self._launcher_timeout())
                 )
-            self._ensure_postgres(run, pg_bins, secrets, on_step)
-            if (self.state_dir / "replication.json").exists():
+            primary = self._ensure_postgres(run, secrets, on_step)
+            if (self.state_dir / TOPOLOGY_FILE).exists():
                 from taskscale.targets.local.replication import LocalCluster
 
                 LocalCluster(self).start_nodes(run, on_step)
             self._ensure_redis(run, redis_bin, secrets, on_step)
             database = secrets.get("POSTGRES_DB", cfg.postgres.database)
-            self._migrate(python, self._postgres(pg_bins), database, on_step)
+            self._migrate(python, primary, database, on_step)
             self._ensure_replicas(run, python, wanted, on_step, launcher)
         self._ensure_worker(run, python, on_step)
         removed = [r for r in state.of_kind("app") if r.name not in wanted]
         dynamic = self._ensure_nginx(run, nginx_bin, replicas, offset, on_step)
         if removed:
-            if dynamic:
-                # nginx routes new requests to the remaining replicas from now on. A request it
-                # routed an instant before may not have connected yet: give it a moment before
-                # the removed replicas close their listeners (in-flight requests are finished by
-                # uvicorn's graceful shutdown either way).
-                time.sleep(DRAIN_GRACE)
-            on_step(f"stopping {', '.join(r.name for r in removed)}")
-            self._stop_many(removed)
-            for record in removed:
-                del state.services[record.name]
-            self.state_file.save(state)
+            self._retire_replicas(run, removed, dynamic, on_step)
         on_step("waiting for /readyz through nginx")
         api = self.endpoints().api
         proc.wait_until(
@@ -308,10 +285,10 @@ class LocalTarget(Target):
         worker = state.services.get("worker")
         if worker is not None and not worker.alive():
             raise ServiceNotReady(
-                "worker exited while starting", detail=log_tail(worker.log_path, 20)
+                "worker exited while starting", detail=proc.file_tail(worker.log_path)
             )
 
-    def _spawn(
+    def spawn(
         self,
         run: _Run,
         name: str,
@@ -322,13 +299,14 @@ class LocalTarget(Target):
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> ServiceRecord:
+        """Start a service, record it in state.json at once (undone if this ``up`` fails)."""
         log = self.logs_dir / f"{name}.log"
         pid = proc.spawn(argv, log_path=log, cwd=cwd, env=env)
         record = ServiceRecord.spawned(name, kind, pid, port, log, argv)
         run.record(record)
         return record
 
-    def _wait_ready(self, record: ServiceRecord, check: Callable[[], bool]) -> None:
+    def wait_ready(self, record: ServiceRecord, check: Callable[[], bool]) -> None:
         """Wait for ``check``; fail fast (with the log tail) when the process exits."""
 
         def ready() -> bool:
@@ -336,7 +314,8 @@ class LocalTarget(Target):
                 return True
             if not proc.pid_alive(record.pid):
                 raise ServiceNotReady(
-                    f"{record.name} exited while starting", detail=log_tail(record.log_path, 20)
+                    f"{record.name} exited while starting",
+                    detail=proc.file_tail(record.log_path),
                 )
             return False
 
@@ -351,16 +330,13 @@ class LocalTarget(Target):
         )
 
     def _ensure_postgres(
-        self,
-        run: _Run,
-        bins: binaries.PostgresBinaries,
-        secrets: dict[str, str],
-        on_step: StepCallback,
-    ) -> None:
+        self, run: _Run, secrets: dict[str, str], on_step: StepCallback
+    ) -> postgres.LocalPostgres:
+        """Start the primary if it is not running and make sure the roles exist; return it."""
         cfg = self.config
         # After a switchover or failover the primary is another node of the topology.
         name = self._primary_name()
-        pg = self._postgres(bins)
+        pg = self._postgres(name)
         if name not in run.state.services:
             if not pg.initialized:
                 if name != PRIMARY_NODE:
@@ -372,8 +348,8 @@ class LocalTarget(Target):
                 pg.initdb(self.logs_dir / "postgres.log", timeout=cfg.stack.ready_timeout * 2)
             pg.write_settings()
             on_step(f"starting PostgreSQL ({name})")
-            record = self._spawn(run, name, "postgres", pg.argv(), pg.settings.port)
-            self._wait_ready(record, pg.ready)
+            record = self.spawn(run, name, "postgres", pg.argv(), pg.settings.port)
+            self.wait_ready(record, pg.ready)
         on_step("checking PostgreSQL roles")
         pg.ensure_roles(
             user=secrets.get("POSTGRES_USER", cfg.postgres.user),
@@ -382,24 +358,24 @@ class LocalTarget(Target):
             replication_user=secrets.get("REPLICATION_USER"),
             replication_password=secrets.get("REPLICATION_PASSWORD"),
         )
+        return pg
 
     def _primary_name(self) -> str:
-        if (self.state_dir / "replication.json").exists():
+        if (self.state_dir / TOPOLOGY_FILE).exists():
             from taskscale.targets.local.replication import Topology
 
             return Topology.load(self.state_dir).primary
         return PRIMARY_NODE
 
-    def _postgres(self, bins: binaries.PostgresBinaries) -> postgres.LocalPostgres:
-        """The primary node (``postgres`` unless replication moved the role)."""
-        name = self._primary_name()
+    def _postgres(self, name: str) -> postgres.LocalPostgres:
+        """The primary node ``name`` (``postgres`` unless replication moved the role)."""
         if name != PRIMARY_NODE:
             from taskscale.targets.local.replication import LocalCluster
 
             return LocalCluster(self).node(name)
         cfg = self.config
         return postgres.LocalPostgres(
-            bins,
+            self.pg_bins(),
             self.state_dir,
             postgres.PostgresSettings(
                 port=cfg.ports.postgres,
@@ -421,8 +397,8 @@ class LocalTarget(Target):
         text = redis.render_config(port=port, password=password, data_dir=data_dir)
         redis.write_config(conf, text)
         on_step("starting Redis")
-        record = self._spawn(run, "redis", "redis", redis.argv(binary, conf), port)
-        self._wait_ready(record, lambda: redis.ping(port, password))
+        record = self.spawn(run, "redis", "redis", redis.argv(binary, conf), port)
+        self.wait_ready(record, lambda: redis.ping(port, password))
 
     def _migrations_timeout(self) -> float:
         return max(60.0, self.config.stack.ready_timeout * 2)
@@ -473,15 +449,13 @@ class LocalTarget(Target):
         if len(specs) > 1:
             records = self._fork_replicas(run, python, specs, launcher)
         for name, port, env, argv in specs[len(records) :]:
-            records.append(
-                self._spawn(run, name, "app", argv, port, env=env, cwd=self.project.root)
-            )
+            records.append(self.spawn(run, name, "app", argv, port, env=env, cwd=self.project.root))
         on_step(f"waiting for {', '.join(missing)} (/readyz)")
         # Wait for all in parallel: replicas start concurrently, so this takes one start time.
         with ThreadPoolExecutor(max_workers=len(records)) as pool:
             futures = [
                 pool.submit(
-                    self._wait_ready,
+                    self.wait_ready,
                     r,
                     _readyz_check(r.port),
                 )
@@ -531,7 +505,7 @@ class LocalTarget(Target):
             return
         on_step("starting the worker")
         env = self._app_env(instance_id=f"{self.config.project.name}-worker")
-        record = self._spawn(
+        record = self.spawn(
             run, "worker", "worker", appenv.worker_argv(python), None, env=env,
             cwd=self.project.root,
         )  # fmt: skip
@@ -583,7 +557,7 @@ class LocalTarget(Target):
             if not nginx.reload(current.pid):
                 raise ServiceNotReady(
                     "nginx did not finish reloading in time",
-                    detail=log_tail(self.nginx_layout.error_log, 20),
+                    detail=proc.file_tail(self.nginx_layout.error_log),
                 )
         elif current is None:
             nginx.test_config(binary, self.nginx_layout)
@@ -593,14 +567,14 @@ class LocalTarget(Target):
             on_step("starting nginx")
             port = cfg.ports.api
             # Spawned output and nginx's error_log are the same file: logs/nginx.log.
-            record = self._spawn(run, "nginx", "lb", nginx.argv(binary, self.nginx_layout), port)
+            record = self.spawn(run, "nginx", "lb", nginx.argv(binary, self.nginx_layout), port)
 
             def ready() -> bool:
                 if not ports.port_listening(port):
                     return False
                 return control is None or nginx.routed_replicas(control) is not None
 
-            self._wait_ready(record, ready)
+            self.wait_ready(record, ready)
         if control is not None:
             nginx.set_replicas(control, replicas, green=offset > 0)
         return dynamic
@@ -611,7 +585,7 @@ class LocalTarget(Target):
         for stage in STOP_ORDER:
             batch = [r for r in records if r.kind in stage]
             if batch:
-                self._stop_many(batch)
+                self.stop_many(batch)
         for record in records:
             run.state.services.pop(record.name, None)
         with contextlib.suppress(OSError):
@@ -701,7 +675,7 @@ class LocalTarget(Target):
             if n in state.services and state.services[n].kind == "postgres" and n not in known
         ]
         if strays:
-            self._stop_many(strays)
+            self.stop_many(strays)
             for record in strays:
                 state.services.pop(record.name, None)
             with contextlib.suppress(OSError):
@@ -712,26 +686,6 @@ class LocalTarget(Target):
 
     def pg_bins(self) -> binaries.PostgresBinaries:
         return binaries.postgres(self.config.postgres.binaries)
-
-    def spawn_service(
-        self,
-        run: _Run,
-        name: str,
-        kind: ServiceKind,
-        argv: list[str],
-        port: int | None,
-        *,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> ServiceRecord:
-        """Start a service, record it in state.json at once (undone if this ``up`` fails)."""
-        return self._spawn(run, name, kind, argv, port, env=env, cwd=cwd)
-
-    def wait_ready(self, record: ServiceRecord, check: Callable[[], bool]) -> None:
-        self._wait_ready(record, check)
-
-    def stop_services(self, records: list[ServiceRecord]) -> list[str]:
-        return self._stop_many(records)
 
     def rollout_apps(self, run: _Run, on_step: StepCallback) -> None:
         """Replace every replica (blue/green), then the worker, so they pick up a new
@@ -756,24 +710,35 @@ class LocalTarget(Target):
             on_step("switching nginx to the new replicas")
             nginx_bin = binaries.nginx()
             dynamic = self._ensure_nginx(run, nginx_bin, len(old), offset, on_step)
-            if dynamic:
-                time.sleep(DRAIN_GRACE)
-            on_step(f"stopping {', '.join(r.name for r in old)}")
-            self._stop_many(old)
-            for record in old:
-                del run.state.services[record.name]
-                run.started = [n for n in run.started if n != record.name]
-            self.state_file.save(run.state)
+            self._retire_replicas(run, old, dynamic, on_step)
         worker = run.state.services.get("worker")
         if worker is not None:
             on_step("restarting the worker (new environment)")
-            self._stop_many([worker])
+            self.stop_many([worker])
             del run.state.services["worker"]
             self._ensure_worker(run, python, on_step)
 
+    def _retire_replicas(
+        self, run: _Run, records: list[ServiceRecord], dynamic: bool, on_step: StepCallback
+    ) -> None:
+        """Stop replicas nginx no longer routes to, and forget them."""
+        if dynamic:
+            # nginx routes new requests to the other replicas from now on. A request it routed
+            # an instant before may not have connected yet: give it a moment before the old
+            # replicas close their listeners (in-flight requests are finished by uvicorn's
+            # graceful shutdown either way). nginx exposes nothing to wait on for this.
+            time.sleep(DRAIN_GRACE)
+        on_step(f"stopping {', '.join(r.name for r in records)}")
+        self.stop_many(records)
+        gone = {r.name for r in records}
+        for name in gone:
+            del run.state.services[name]
+        run.started = [n for n in run.started if n not in gone]
+        self.state_file.save(run.state)
+
     def _app_env(self, *, instance_id: str) -> dict[str, str]:
         env = appenv.app_env(self.project, instance_id=instance_id)
-        if (self.state_dir / "replication.json").exists():
+        if (self.state_dir / TOPOLOGY_FILE).exists():
             from taskscale.targets.local.replication import LocalCluster
 
             primary, standbys = LocalCluster(self).database_urls()
@@ -783,7 +748,7 @@ class LocalTarget(Target):
 
     # ------------------------------------------------------------------ stopping
 
-    def _stop_many(self, records: list[ServiceRecord]) -> list[str]:
+    def stop_many(self, records: list[ServiceRecord]) -> list[str]:
         """Signal every live record at once, wait for all, SIGKILL stragglers; names stopped."""
         live = [r for r in records if r.alive()]
         for record in records:
@@ -830,7 +795,7 @@ class LocalTarget(Target):
                 healthy=False,
                 state="dead",
                 uptime_seconds=None,
-                log_tail=log_tail(record.log_path),
+                log_tail=proc.file_tail(record.log_path, LOG_TAIL_LINES),
             )
         return ServiceStatus(
             name=record.name,
@@ -907,7 +872,7 @@ class LocalTarget(Target):
 
         offsets: dict[str, int] = {}
         for name, path in sources.items():
-            text = log_tail(path, tail) if tail > 0 else None
+            text = proc.file_tail(path, tail) if tail > 0 else None
             for line in (text or "").splitlines():
                 yield fmt(name, line)
             try:
