@@ -70,6 +70,7 @@ def command(
 ) -> None:
     """Load-test the stack with Locust; exact HDR percentiles, SLO gates, reports."""
     # Imported here: the load-test stack (httpx, plotly, hdrh) would slow every other command.
+    from taskscale.config import LoadtestSection
     from taskscale.loadtest.service import run_loadtest
     from taskscale.loadtest.spec import LoadTestSpec
     from taskscale.targets import active_target
@@ -77,14 +78,12 @@ def command(
     project = _optional_project(project_dir, required=host is None)
     if target is None:  # the target of the last `up`, unless loading an explicit URL
         target = active_target(project) if project is not None and host is None else "local"
-    defaults = project.config.loadtest if project is not None else None
+    defaults = project.config.loadtest if project is not None else LoadtestSection()
     spec = LoadTestSpec.build(
-        users=users if users is not None else (defaults.users if defaults else 50),
-        spawn_rate=spawn_rate
-        if spawn_rate is not None
-        else (defaults.spawn_rate if defaults else 25.0),
-        duration=duration if duration is not None else (defaults.duration if defaults else "30s"),
-        scenario=scenario if scenario is not None else (defaults.scenario if defaults else "mixed"),
+        users=users if users is not None else defaults.users,
+        spawn_rate=spawn_rate if spawn_rate is not None else defaults.spawn_rate,
+        duration=duration if duration is not None else defaults.duration,
+        scenario=scenario if scenario is not None else defaults.scenario,
         processes=processes,
         slos=slo,
         rate=rate,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 from taskscale import proc
@@ -125,9 +124,7 @@ def _ensure_venv(project: Project, on_step: StepCallback) -> str:
     return os.fspath(python)
 
 
-def app_env(
-    project: Project, *, instance_id: str, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def app_env(project: Project, *, instance_id: str) -> dict[str, str]:
     """Environment of a replica, the worker or the migrations.
 
     The project's ``.env`` first, then connection URLs built from taskscale.toml's ports (so a
@@ -135,7 +132,7 @@ def app_env(
     """
     cfg = project.config
     secrets = project.secrets()
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     env.update(secrets)
     user = secrets.get("POSTGRES_USER", cfg.postgres.user)
     password = secrets.get("POSTGRES_PASSWORD", "")

@@ -505,13 +505,12 @@ class LocalTarget(Target):
             return
         on_step("starting the worker")
         env = self._app_env(instance_id=f"{self.config.project.name}-worker")
-        record = self.spawn(
+        # The worker has no port: its readiness is checked (alive) once nginx is ready, in up,
+        # so a crash on import is caught without a dedicated wait here.
+        self.spawn(
             run, "worker", "worker", appenv.worker_argv(python), None, env=env,
             cwd=self.project.root,
         )  # fmt: skip
-        # The worker has no port: its readiness is checked (alive) once nginx is ready, below,
-        # so a crash on import is caught without a dedicated wait here.
-        del record
 
     def _control_socket(self) -> Path:
         return runtime_dir(self.state_dir) / "nginx.sock"
