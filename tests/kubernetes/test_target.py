@@ -16,6 +16,7 @@ from taskscale import proc
 from taskscale.config import Project, load_project
 from taskscale.errors import ConfigError, MissingBinary, ServiceNotReady, TargetError, UsageError
 from taskscale.targets import get_target
+from taskscale.targets.kube import rollout
 from taskscale.targets.kubernetes import KubernetesTarget
 from tests.conftest import CliRunner
 from tests.kubernetes.conftest import APP_IMAGE, APPLY, FakeController, needs_kubectl
@@ -245,6 +246,21 @@ def test_status_of_a_stack_that_is_not_up(k8s_project: Project, emulator: Runnin
     assert status.notes == ["namespace tasks-api does not exist in context kmock"]
 
 
+def test_a_json_request_answered_with_text_is_one_line(
+    k8s_project: Project, emulator: RunningEmulator
+) -> None:
+    add_pod(emulator, "app-a", {"app.kubernetes.io/name": "app"}, phase="Running")
+    path = "/api/v1/namespaces/tasks-api/pods/app-a/log"
+    emulator.call(lambda: emulator.emulator[f"get {path}"] << b"<html>" + b"x" * 200)
+    api = target(k8s_project).api
+    with pytest.raises(TargetError) as info:
+        api.request("GET", path)
+    message = info.value.message
+    assert message.startswith(f"GET {path}: the Kubernetes API at {api.server} (context kmock)")
+    assert message.endswith(f"not JSON: '<html>{'x' * 74}'")
+    assert info.value.hint is not None and "kubectl cluster-info" in info.value.hint
+
+
 @pytest.mark.usefixtures("metrics_server")
 def test_down_deletes_the_namespace_and_waits_until_it_is_gone(
     k8s_project: Project, emulator: RunningEmulator, controller: FakeController
@@ -353,25 +369,37 @@ def test_kafka_projects_also_wait_for_the_broker(
     tmp_path: Path,
     emulator: RunningEmulator,
     controller: FakeController,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root = tmp_path / "tasks-api"
     shutil.copytree(k8s_project_template["kafka"], root)
     steps: list[str] = []
+    kafka_target = target(load_project(root))
+    waited: list[str] = []
+    wait_rollouts = kafka_target.wait_rollouts
+
+    def spy(*args: Any, **kwargs: Any) -> list[rollout.Progress]:
+        states = wait_rollouts(*args, **kwargs)
+        waited.extend(s.name for s in states)
+        return states
+
+    monkeypatch.setattr(kafka_target, "wait_rollouts", spy)
     with controller:
-        status = target(load_project(root)).up(1, on_step=steps.append)
+        status = kafka_target.up(1, on_step=steps.append)
     assert {o["metadata"]["name"] for o in emulator.objects("statefulsets")} == {
         "kafka",
         "postgres-primary",
         "postgres-standby",
     }
     assert {s.name: s.kind for s in status.services}["kafka"] == "kafka"
-    waited = [
+    assert "kafka" in waited, "the rollout wait reads the kafka StatefulSet"
+    # It lists the workloads (three requests a poll), never one GET per workload.
+    assert not [
         r
         for r in emulator.requests()
         if str(r.method).upper().endswith("GET")
         and r.url.path == "/apis/apps/v1/namespaces/tasks-api/statefulsets/kafka"
     ]
-    assert waited, "the rollout wait reads the kafka StatefulSet"
     assert "applying statefulset/kafka" in steps
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from taskscale.errors import ConfigError, TargetError
+from taskscale.errors import ConfigError, TargetError, UsageError
 from taskscale.loadtest.channel import decode_records, encode_record
+from taskscale.targets.base import validate_replicas
 from taskscale.targets.kube import manifests, rollout
-from taskscale.targets.kube.loadgen import cpu_cores
+from taskscale.targets.kube.loadgen import ROLE_LABEL, _of_role, cpu_cores
 from taskscale.targets.kubernetes import normalise_image
 
 
@@ -103,6 +104,41 @@ def test_job_progress_and_failure() -> None:
     }
     with pytest.raises(TargetError, match="job migrate failed: BackoffLimitExceeded"):
         rollout.progress(job)
+
+
+def test_job_outcome() -> None:
+    job: dict[str, Any] = {"kind": "Job", "metadata": {"name": "locust"}, "spec": {}}
+    assert rollout.job_outcome(job) is None
+    job["status"] = {"succeeded": 1}
+    assert rollout.job_outcome(job) == "succeeded"
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "Deadline"}]}
+    assert rollout.job_outcome(job) == "Deadline"
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    assert rollout.job_outcome(job) == "failed"
+    with pytest.raises(TargetError, match="job locust failed: failed"):
+        rollout.progress(job)
+
+
+def test_locust_pods_of_a_role() -> None:
+    def pod(name: str, role: str | None) -> dict[str, Any]:
+        labels = {ROLE_LABEL: role} if role else {}
+        return {"metadata": {"name": name, "labels": labels}}
+
+    pods = [pod("w-2", "worker"), pod("m-1", "master"), pod("w-1", "worker"), pod("x", None)]
+    assert [p["metadata"]["name"] for p in _of_role(pods, "worker")] == ["w-1", "w-2"]
+    assert [p["metadata"]["name"] for p in _of_role(pods, "master")] == ["m-1"]
+    assert _of_role([], "master") == []
+
+
+def test_validate_replicas_names_the_setting() -> None:
+    with pytest.raises(UsageError) as info:
+        validate_replicas(5, 4)
+    assert info.value.message == "--replicas 5 is above the maximum of 4"
+    assert info.value.hint == "raise [stack] max_replicas in taskscale.toml"
+    with pytest.raises(UsageError) as info:
+        validate_replicas(5, 4, setting="[kubernetes] hpa_max_replicas", maximum="the HPA's max")
+    assert info.value.message == "--replicas 5 is above the HPA's max of 4"
+    assert info.value.hint == "raise [kubernetes] hpa_max_replicas in taskscale.toml"
 
 
 def test_image_problem_and_waiting_reasons() -> None:

@@ -25,16 +25,25 @@ def _no_steps(_: str) -> None:
     return None
 
 
-def validate_replicas(replicas: int, max_replicas: int) -> int:
-    """``replicas`` if 1 <= replicas <= max_replicas, else a UsageError (checked first)."""
+def validate_replicas(
+    replicas: int,
+    max_replicas: int,
+    *,
+    setting: str = "[stack] max_replicas",
+    maximum: str = "the maximum",
+) -> int:
+    """``replicas`` if 1 <= replicas <= max_replicas, else a UsageError (checked first).
+
+    ``setting`` is the taskscale.toml setting that holds ``max_replicas`` (named in the hint)
+    and ``maximum`` what the limit is called in the message."""
     from taskscale.errors import UsageError
 
     if replicas < 1:
         raise UsageError(f"--replicas must be at least 1 (got {replicas})")
     if replicas > max_replicas:
         raise UsageError(
-            f"--replicas {replicas} is above the maximum of {max_replicas}",
-            hint="raise [stack] max_replicas in taskscale.toml",
+            f"--replicas {replicas} is above {maximum} of {max_replicas}",
+            hint=f"raise {setting} in taskscale.toml",
         )
     return replicas
 

@@ -75,15 +75,6 @@ def _service_kind(name: str) -> ServiceKind:
     return _KIND_OF_COMPONENT.get(name, "app")
 
 
-def _api_version_of(kind: str) -> str:
-    return {
-        "Deployment": "apps/v1",
-        "StatefulSet": "apps/v1",
-        "Job": "batch/v1",
-        "HorizontalPodAutoscaler": "autoscaling/v2",
-    }[kind]
-
-
 class KubernetesTarget(Target):
     """A stack on a Kubernetes cluster reached through a kubeconfig context."""
 
@@ -137,7 +128,7 @@ class KubernetesTarget(Target):
 
     # ------------------------------------------------------------------ preflight
 
-    def preflight(self, objects: list[dict[str, Any]]) -> None:
+    def preflight(self) -> None:
         """One clear error (with the fix) for each thing that would make ``up`` fail later."""
         if self.flavor == "minikube":
             self._check_minikube_running()
@@ -155,7 +146,7 @@ class KubernetesTarget(Target):
                 hint=f"run `{fix}`",
             )
         if self.flavor == "minikube":
-            self._check_images_loaded(objects)
+            self._check_images_loaded()
         else:
             self._check_images_pullable()
 
@@ -180,10 +171,10 @@ class KubernetesTarget(Target):
                 hint="run `minikube start --cni=calico` (calico enforces the NetworkPolicies)",
             )
 
-    def _check_images_loaded(self, objects: list[dict[str, Any]]) -> None:
+    def _check_images_loaded(self) -> None:
         listed = self._minikube("image", "ls").stdout.split()
         present = {normalise_image(image) for image in listed}
-        for image in {self.project.config.images.app, self.project.config.images.worker}:
+        for image in self._project_images():
             if normalise_image(image) not in present:
                 raise TargetError(
                     f"image {image} is not in the minikube cluster",
@@ -225,13 +216,12 @@ class KubernetesTarget(Target):
 
     def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
         settings = self.project.config.kubernetes
-        if replicas > settings.hpa_max_replicas:
-            raise UsageError(
-                f"--replicas {replicas} is above the autoscaler's maximum of "
-                f"{settings.hpa_max_replicas}",
-                hint="raise [kubernetes] hpa_max_replicas in taskscale.toml",
-            )
-        validate_replicas(replicas, settings.hpa_max_replicas)
+        validate_replicas(
+            replicas,
+            settings.hpa_max_replicas,
+            setting="[kubernetes] hpa_max_replicas",
+            maximum="the autoscaler's maximum",
+        )
         on_step(f"building deploy/k8s/overlays/{self.overlay}")
         objects = manifests.prepare(
             manifests.build_overlay(self.project, self.overlay),
@@ -241,9 +231,9 @@ class KubernetesTarget(Target):
             cpu_target_percent=settings.cpu_target_percent,
         )
         on_step(f"checking the cluster (context {self.context or 'current'})")
-        self.preflight(objects)
+        self.preflight()
         self.apply(objects, on_step)
-        self.wait_rollouts(objects, replicas, timeout=settings.rollout_timeout, on_step=on_step)
+        self.wait_rollouts(objects, timeout=settings.rollout_timeout, on_step=on_step)
         return self.status()
 
     def apply(self, objects: list[dict[str, Any]], on_step: StepCallback = _no_steps) -> None:
@@ -284,7 +274,6 @@ class KubernetesTarget(Target):
     def wait_rollouts(
         self,
         objects: list[dict[str, Any]],
-        replicas: int,
         *,
         timeout: float,
         on_step: StepCallback = _no_steps,
@@ -297,26 +286,19 @@ class KubernetesTarget(Target):
         ]
         deadline = time.monotonic() + timeout
         while True:
+            # Three list requests a poll, whatever the number of workloads.
+            current = {(o["kind"], o["metadata"]["name"]): o for o in self._workloads()}
             states = []
-            for kind, name in wanted:
-                current = self.api.get_or_none(
-                    self._ns_path(manifests.KINDS[kind].plural, _api_version_of(kind), name)
-                )
-                if current is None:
+            for key in wanted:
+                if key not in current:
+                    kind, name = key
                     raise TargetError(f"{kind.lower()}/{name} disappeared during the rollout")
-                current["kind"] = kind
-                states.append(rollout.progress(current))
+                states.append(rollout.progress(current[key]))
             pending = [s for s in states if not s.done]
             if not pending:
                 return states
             pods = self._list("pods")
-            problem = rollout.image_problem(pods)
-            if problem is not None:
-                pod, image, reason = problem
-                raise TargetError(
-                    f"image {image} is not available to the cluster ({reason} in pod {pod})",
-                    hint=self._image_hint(image),
-                )
+            self.check_images(pods)
             on_step("waiting for " + ", ".join(s.describe() for s in pending))
             if time.monotonic() >= deadline:
                 detail = "\n".join(rollout.waiting_reasons(pods)) or None
@@ -328,6 +310,16 @@ class KubernetesTarget(Target):
                     detail=detail,
                 )
             time.sleep(max(0.0, min(self._poll, deadline - time.monotonic())))
+
+    def check_images(self, pods: list[dict[str, Any]]) -> None:
+        """A TargetError (with the fix) when a container of ``pods`` cannot get its image."""
+        problem = rollout.image_problem(pods)
+        if problem is not None:
+            pod, image, reason = problem
+            raise TargetError(
+                f"image {image} is not available to the cluster ({reason} in pod {pod})",
+                hint=self._image_hint(image),
+            )
 
     def _image_hint(self, image: str) -> str:
         if self.flavor == "minikube":

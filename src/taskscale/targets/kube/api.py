@@ -119,23 +119,26 @@ class KubeApi:
         content_type: str = "application/json",
         timeout: float = REQUEST_TIMEOUT,
     ) -> dict[str, Any]:
-        response = self._send(
+        data = self._send(
             method, path, body=body, query=query, content_type=content_type, timeout=timeout
-        )
-        data = response.read()
-        if response.status >= 400:
-            raise self._error(method, path, response.status, data)
+        ).read()
         if not data:
             return {}
-        parsed = json.loads(data)
+        try:
+            parsed = json.loads(data)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not even text
+            shown = bytes(data).decode(errors="replace")[:80]
+            raise TargetError(
+                f"{method} {path}: the Kubernetes API at {self.server} (context "
+                f"{self.context}) answered with something that is not JSON: {shown!r}",
+                hint="is the kubeconfig's server a Kubernetes API server? (check `kubectl "
+                "cluster-info`; a proxy in the way can answer with an HTML page)",
+            ) from exc
         return parsed if isinstance(parsed, dict) else {"items": parsed}
 
     def request_text(self, path: str, query: Mapping[str, str | int | bool]) -> str:
         """A GET whose answer is text (pod logs)."""
-        response = self._send("GET", path, query=query, timeout=REQUEST_TIMEOUT)
-        data = response.read()
-        if response.status >= 400:
-            raise self._error("GET", path, response.status, data)
+        data = self._send("GET", path, query=query).read()
         return bytes(data or b"").decode(errors="replace")
 
     def get_or_none(self, path: str, **query: str | int | bool) -> dict[str, Any] | None:
@@ -155,10 +158,7 @@ class KubeApi:
     ) -> Iterator[str]:
         """Lines of a streaming GET (pod logs with follow), as they arrive. ``on_open`` gets
         the raw response, so another thread can close it to end a blocked read."""
-        response = self._send("GET", path, query=query, timeout=None)
-        if response.status >= 400:
-            raise self._error("GET", path, response.status, response.read())
-        raw = response.response
+        raw = self._send("GET", path, query=query, timeout=None).response
         if on_open is not None:
             on_open(raw)
         try:
@@ -222,8 +222,10 @@ class KubeApi:
         body: Any = None,
         query: Mapping[str, str | int | bool] | None = None,
         content_type: str = "application/json",
-        timeout: float | None,
+        timeout: float | None = REQUEST_TIMEOUT,
     ) -> Any:
+        """The response of one request whose status is below 400 (its body not read yet);
+        a KubeApiError (with the API's message) otherwise, a TargetError if unreachable."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         # param_serialize adds the credentials (bearer token, refreshed by exec plugins) exactly
         # as the generated API classes do.
@@ -236,7 +238,7 @@ class KubeApi:
             auth_settings=["BearerToken"],
         )
         try:
-            return self._client.call_api(
+            response: Any = self._client.call_api(
                 method, url, header_params=headers, body=body, _request_timeout=timeout
             )
         except urllib3.exceptions.HTTPError as exc:
@@ -245,6 +247,9 @@ class KubeApi:
                 f"{_reason(exc)}",
                 hint="is the cluster running? (`minikube start`, or check `kubectl cluster-info`)",
             ) from exc
+        if response.status >= 400:
+            raise self._error(method, path, response.status, response.read())
+        return response
 
     def _error(self, method: str, path: str, status: int, data: bytes | None) -> KubeApiError:
         message = ""

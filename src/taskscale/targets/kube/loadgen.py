@@ -45,7 +45,7 @@ from taskscale.loadtest.runner import (
 )
 from taskscale.targets.base import LoadGenerator
 from taskscale.targets.kube import rollout
-from taskscale.targets.kube.api import KubeApiError, object_path
+from taskscale.targets.kube.api import KubeApiError
 
 if TYPE_CHECKING:
     from taskscale.targets.kubernetes import KubernetesTarget
@@ -206,15 +206,13 @@ def _readable(log: str) -> str | None:
     return proc.tail("\n".join(x for x in log.splitlines() if RECORD_PREFIX not in x)) or None
 
 
-def _job_outcome(obj: dict[str, Any]) -> str | None:
-    """ "succeeded", or the failure message, or None while it runs."""
-    status = obj.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
-            return str(condition.get("message") or condition.get("reason") or "failed")
-    if int(status.get("succeeded") or 0) >= 1:
-        return "succeeded"
-    return None
+def _of_role(pods: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """The pods of ``role`` (master or worker) among ``pods``, by name. Filtered here even
+    after a selector: one the server ignored must not mix masters and workers."""
+    return sorted(
+        (p for p in pods if (p["metadata"].get("labels") or {}).get(ROLE_LABEL) == role),
+        key=lambda p: str(p["metadata"]["name"]),
+    )
 
 
 class ClusterLoadGenerator(LoadGenerator):
@@ -231,11 +229,8 @@ class ClusterLoadGenerator(LoadGenerator):
     def _api(self) -> Any:
         return self.target.api
 
-    def _path(self, plural: str, version: str = "v1", name: str | None = None) -> str:
-        return object_path(version, plural, self.namespace, name)
-
     def check_ready(self) -> None:
-        app = self._api.get_or_none(self._path("deployments", "apps/v1", "app"))
+        app = self._api.get_or_none(self.target._ns_path("deployments", "apps/v1", "app"))
         if app is None or not int((app.get("status") or {}).get("readyReplicas") or 0):
             raise TargetError(
                 f"the app has no ready pod in namespace {self.namespace}; no load was sent",
@@ -245,7 +240,7 @@ class ClusterLoadGenerator(LoadGenerator):
     def _templates(self) -> tuple[dict[str, Any], dict[str, Any]]:
         found = []
         for name in ("locust-master", "locust-worker"):
-            obj = self._api.get_or_none(self._path("deployments", "apps/v1", name))
+            obj = self._api.get_or_none(self.target._ns_path("deployments", "apps/v1", name))
             if obj is None:
                 raise TargetError(
                     f"deployment/{name} is not in namespace {self.namespace}: the Locust pod "
@@ -321,29 +316,22 @@ class ClusterLoadGenerator(LoadGenerator):
         limit = job.duration_s + job.stop_timeout_s + GRACE_S + start_timeout
         reader = ProgressReader(None, job)
         while True:
-            master = self._api.get_or_none(self._path("jobs", "batch/v1", MASTER))
-            outcome = _job_outcome(master) if master is not None else "the job disappeared"
+            master = self._api.get_or_none(self.target._ns_path("jobs", "batch/v1", MASTER))
+            outcome = rollout.job_outcome(master) if master is not None else "the job disappeared"
             if outcome == "succeeded":
                 return
+            # Every Locust pod, masters and workers, in one request a poll.
+            pods = self.target._list("pods", labelSelector=ROLE_LABEL)
             if outcome is not None:
                 raise CommandFailed(
                     f"the Locust master job failed: {outcome}",
-                    detail=_readable(self._log(self._pods("master"), LOG_TAIL_LINES)),
+                    detail=_readable(self._log(_of_role(pods, "master"), LOG_TAIL_LINES)),
                 )
-            pods = self._api.request(
-                "GET", self._path("pods"), query={"labelSelector": ROLE_LABEL}
-            ).get("items", [])
-            problem = rollout.image_problem(pods)
-            if problem is not None:
-                pod, image, reason = problem
-                raise TargetError(
-                    f"image {image} is not available to the cluster ({reason} in pod {pod})",
-                    hint=self.target._image_hint(image),
-                )
+            self.target.check_images(pods)
             self._sample_cpu(cpu)
             if on_progress is not None:
                 records = decode_records(
-                    self._log(self._pods("master"), LOG_TAIL_LINES).splitlines(), "progress"
+                    self._log(_of_role(pods, "master"), LOG_TAIL_LINES).splitlines(), "progress"
                 )
                 on_progress(reader.parse(records[-1] if records else {}, time.monotonic() - begin))
             if time.monotonic() - begin > limit:
@@ -356,16 +344,7 @@ class ClusterLoadGenerator(LoadGenerator):
             time.sleep(self._poll)
 
     def _pods(self, role: str) -> list[dict[str, Any]]:
-        data = self._api.request(
-            "GET", self._path("pods"), query={"labelSelector": f"{ROLE_LABEL}={role}"}
-        )
-        # Filtered here too: a selector the server ignored must not mix masters and workers.
-        pods = [
-            p
-            for p in data.get("items") or []
-            if (p["metadata"].get("labels") or {}).get(ROLE_LABEL) == role
-        ]
-        return sorted(pods, key=lambda p: str(p["metadata"]["name"]))
+        return _of_role(self.target._list("pods", labelSelector=f"{ROLE_LABEL}={role}"), role)
 
     def _log(self, pods: list[dict[str, Any]], tail: int | None = None) -> str:
         """The log of the newest pod in ``pods`` ("" when there is none yet)."""
@@ -377,7 +356,7 @@ class ClusterLoadGenerator(LoadGenerator):
         query: dict[str, str | int | bool] = {"container": pod["spec"]["containers"][0]["name"]}
         if tail is not None:
             query["tailLines"] = tail
-        path = self._path("pods", name=pod["metadata"]["name"]) + "/log"
+        path = self.target._ns_path("pods", name=pod["metadata"]["name"]) + "/log"
         try:
             return str(self._api.request_text(path, query))
         except KubeApiError:
@@ -433,6 +412,6 @@ class ClusterLoadGenerator(LoadGenerator):
             with contextlib.suppress(TaskscaleError):
                 self._api.request(
                     "DELETE",
-                    self._path(plural, version, name),
+                    self.target._ns_path(plural, version, name),
                     query={"propagationPolicy": "Background"},
                 )

@@ -143,15 +143,3 @@ def prepare(
         prepared.append(obj)
     prepared.sort(key=lambda o: KINDS[o["kind"]].order)
     return prepared
-
-
-def images_of(objects: list[dict[str, Any]]) -> list[str]:
-    """Every container image the workloads run (sorted, unique)."""
-    images: set[str] = set()
-    for obj in objects:
-        if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
-            continue
-        pod = obj["spec"]["template"]["spec"]
-        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
-            images.add(container["image"])
-    return sorted(images)

@@ -32,6 +32,17 @@ def _observed(obj: dict[str, Any]) -> bool:
     return generation is None or (observed is not None and observed >= generation)
 
 
+def job_outcome(obj: dict[str, Any]) -> str | None:
+    """A Job's ``"succeeded"``, or its failure message, or None while it runs."""
+    status = obj.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return str(condition.get("message") or condition.get("reason") or "failed")
+    if int(status.get("succeeded") or 0) >= 1:
+        return "succeeded"
+    return None
+
+
 def progress(obj: dict[str, Any]) -> Progress:
     """Ready/desired of a Deployment, StatefulSet or Job, and whether its rollout finished."""
     kind = obj["kind"]
@@ -39,12 +50,12 @@ def progress(obj: dict[str, Any]) -> Progress:
     spec = obj.get("spec", {})
     status = obj.get("status") or {}
     if kind == "Job":
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "Failed" and condition.get("status") == "True":
-                raise TargetError(
-                    f"job {name} failed: {condition.get('message') or condition.get('reason')}",
-                    hint=f"read its log: taskscale logs {name} --target ...",
-                )
+        outcome = job_outcome(obj)
+        if outcome not in (None, "succeeded"):
+            raise TargetError(
+                f"job {name} failed: {outcome}",
+                hint=f"read its log: taskscale logs {name} --target ...",
+            )
         succeeded = int(status.get("succeeded") or 0)
         return Progress(kind, name, min(succeeded, 1), 1, succeeded >= 1)
     # The API server defaults spec.replicas to 1; an HPA changes it afterwards.
