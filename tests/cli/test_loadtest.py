@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import free_port, write_minimal_project
-from tests.conftest import CliRunner
+from tests.conftest import CliRunner, one_error_line
 
 
 class _Counting(BaseHTTPRequestHandler):
@@ -51,13 +51,6 @@ def scenario(tmp_path: Path) -> str:
     return str(path)
 
 
-def _one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 def test_bad_slo_exits_2_before_any_load(
     run_cli: CliRunner, counting_server: tuple[str, type[_Counting]], tmp_path: Path
 ) -> None:
@@ -74,7 +67,7 @@ def test_bad_slo_exits_2_before_any_load(
         str(tmp_path / "run"),
     )
     assert result.exit_code == 2
-    assert "'p95<<2'" in _one_error_line(result.stderr)
+    assert "'p95<<2'" in one_error_line(result.stderr)
     assert handler.hits == []  # not even the readiness check
     assert not (tmp_path / "run").exists()
 
@@ -87,7 +80,7 @@ def test_unreachable_host_is_one_clear_line(
         "loadtest", "--host", url, "-d", "5s", "-s", scenario, "--out", str(tmp_path / "run")
     )
     assert result.exit_code == 6
-    line = _one_error_line(result.stderr)
+    line = one_error_line(result.stderr)
     assert f"{url}/readyz is not reachable" in line and "no load was sent" in line
     assert not (tmp_path / "run").exists()
 
@@ -99,7 +92,7 @@ def test_host_not_ready_is_refused(
     handler.status = 503
     result = run_cli("loadtest", "--host", url, "-d", "5s", "-s", scenario)
     assert result.exit_code == 6
-    assert "answered 503" in _one_error_line(result.stderr)
+    assert "answered 503" in one_error_line(result.stderr)
     assert handler.hits == ["/readyz"]
 
 
@@ -107,7 +100,7 @@ def test_host_not_ready_is_refused(
 def test_bad_duration_exits_2(run_cli: CliRunner, duration: str) -> None:
     result = run_cli("loadtest", "--host", "http://127.0.0.1:1", "--duration", duration)
     assert result.exit_code == 2
-    assert "invalid duration" in _one_error_line(result.stderr)
+    assert "invalid duration" in one_error_line(result.stderr)
 
 
 @pytest.mark.parametrize("value", ["1,,2", "0,1", "a", "2,2"])
@@ -115,7 +108,7 @@ def test_bad_sweep_list_exits_2(run_cli: CliRunner, value: str, tmp_path: Path) 
     project = write_minimal_project(tmp_path / "mini")
     result = run_cli("loadtest", "-p", str(project), "--sweep-replicas", value)
     assert result.exit_code == 2
-    assert "--sweep-replicas" in _one_error_line(result.stderr)
+    assert "--sweep-replicas" in one_error_line(result.stderr)
 
 
 def test_sweep_needs_a_project(
@@ -124,14 +117,14 @@ def test_sweep_needs_a_project(
     monkeypatch.chdir(tmp_path)
     result = run_cli("loadtest", "--host", "http://127.0.0.1:1", "--sweep-replicas", "1,2")
     assert result.exit_code == 2
-    assert "cannot use --host" in _one_error_line(result.stderr)
+    assert "cannot use --host" in one_error_line(result.stderr)
     result = run_cli("loadtest", "--sweep-replicas", "1,2")
     assert result.exit_code == 3  # no taskscale.toml here
-    assert "not inside a taskscale project" in _one_error_line(result.stderr)
+    assert "not inside a taskscale project" in one_error_line(result.stderr)
 
 
 def test_stack_not_running_is_refused(run_cli: CliRunner, tmp_path: Path, scenario: str) -> None:
     project = write_minimal_project(tmp_path / "mini")
     result = run_cli("loadtest", "-p", str(project), "-d", "5s", "-s", scenario)
     assert result.exit_code == 6
-    assert "stack is not running" in _one_error_line(result.stderr)
+    assert "stack is not running" in one_error_line(result.stderr)

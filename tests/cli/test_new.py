@@ -10,15 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner
-
-
-def _one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in stderr
-    return lines[0]
+from tests.conftest import CliRunner, one_error_line
 
 
 def test_creates_project_with_config_secrets_and_git(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -62,7 +54,7 @@ def test_json_output(run_cli: CliRunner, tmp_path: Path) -> None:
 def test_rejects_invalid_names(run_cli: CliRunner, tmp_path: Path, name: str) -> None:
     result = run_cli("new", "-o", str(tmp_path), "--", name)
     assert result.exit_code == 2
-    line = _one_error_line(result.stderr)
+    line = one_error_line(result.stderr)
     assert "invalid project name" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -73,7 +65,7 @@ def test_refuses_non_empty_directory_without_force(run_cli: CliRunner, tmp_path:
     (target / "notes.txt").write_text("mine")
     result = run_cli("new", "tasks-api", "-o", str(tmp_path))
     assert result.exit_code == 2
-    assert "already exists and is not empty" in _one_error_line(result.stderr)
+    assert "already exists and is not empty" in one_error_line(result.stderr)
     assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
 
 
@@ -102,7 +94,7 @@ def test_force_overwrites_but_keeps_user_files_and_secrets(
 def test_bad_broker(run_cli: CliRunner, tmp_path: Path) -> None:
     result = run_cli("new", "svc", "-o", str(tmp_path), "--broker", "rabbitmq")
     assert result.exit_code == 2
-    assert "--broker" in _one_error_line(result.stderr)
+    assert "--broker" in one_error_line(result.stderr)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -111,7 +103,7 @@ def test_output_dir_is_a_file(run_cli: CliRunner, tmp_path: Path) -> None:
     blocker.write_text("x")
     result = run_cli("new", "svc", "-o", str(blocker))
     assert result.exit_code != 0
-    _one_error_line(result.stderr)
+    one_error_line(result.stderr)
     assert blocker.read_text() == "x"
 
 
@@ -130,17 +122,17 @@ def test_failure_mid_render_leaves_nothing(
     monkeypatch.setattr("taskscale.scaffold.render.shutil.copyfile", failing_copyfile)
     result = run_cli("new", "svc", "-o", str(tmp_path))
     assert result.exit_code != 0
-    assert "No space left on device" in _one_error_line(result.stderr)
+    assert "No space left on device" in one_error_line(result.stderr)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_name_and_unknown_command(run_cli: CliRunner) -> None:
     result = run_cli("new")
     assert result.exit_code == 2
-    assert "Missing argument" in _one_error_line(result.stderr)
+    assert "Missing argument" in one_error_line(result.stderr)
     result = run_cli("bogus")
     assert result.exit_code == 2
-    assert "No such command" in _one_error_line(result.stderr)
+    assert "No such command" in one_error_line(result.stderr)
 
 
 def test_version_and_help(run_cli: CliRunner) -> None:

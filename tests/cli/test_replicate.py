@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner
+from tests.conftest import CliRunner, one_error_line
 
 
 @pytest.fixture
@@ -15,17 +15,10 @@ def idle_project(tmp_path: Path, run_cli: CliRunner) -> Path:
     return tmp_path / "idle"
 
 
-def _line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
 def test_outside_a_project(run_cli: CliRunner, tmp_path: Path) -> None:
     result = run_cli("replicate", "status", "--project", str(tmp_path))
     assert result.exit_code == 3
-    assert "not inside a taskscale project" in _line(result.stderr)
+    assert "not inside a taskscale project" in one_error_line(result.stderr)
 
 
 @pytest.mark.parametrize(
@@ -42,14 +35,14 @@ def test_outside_a_project(run_cli: CliRunner, tmp_path: Path) -> None:
 def test_no_stack_running(run_cli: CliRunner, idle_project: Path, args: list[str]) -> None:
     result = run_cli(*args, "--project", str(idle_project))
     assert result.exit_code == 6
-    assert "not running" in _line(result.stderr)
+    assert "not running" in one_error_line(result.stderr)
     assert not (idle_project / ".taskscale" / "replication.json").exists()
 
 
 def test_switchover_needs_a_node(run_cli: CliRunner, idle_project: Path) -> None:
     result = run_cli("replicate", "switchover", "--project", str(idle_project))
     assert result.exit_code == 2
-    assert "--to" in _line(result.stderr)
+    assert "--to" in one_error_line(result.stderr)
 
 
 def test_unknown_subcommand(run_cli: CliRunner, idle_project: Path) -> None:

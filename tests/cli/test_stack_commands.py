@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import write_minimal_project
-from tests.conftest import CliRunner
-
-
-def _one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("hint:")]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in stderr
-    return lines[0]
+from tests.conftest import CliRunner, one_error_line
 
 
 @pytest.mark.parametrize("command", ["up", "status", "logs", "down"])
@@ -28,7 +20,7 @@ def test_outside_a_project(
     monkeypatch.chdir(tmp_path)
     result = run_cli(command)
     assert result.exit_code == 3
-    assert "not inside a taskscale project" in _one_error_line(result.stderr)
+    assert "not inside a taskscale project" in one_error_line(result.stderr)
 
 
 @pytest.mark.parametrize(("replicas", "needle"), [("0", "at least 1"), ("5", "maximum of 4")])
@@ -37,7 +29,7 @@ def test_replicas_out_of_range(
 ) -> None:
     result = run_cli("up", "--replicas", replicas, "--project", str(mini_project))
     assert result.exit_code == 2
-    assert needle in _one_error_line(result.stderr)
+    assert needle in one_error_line(result.stderr)
     assert not (mini_project / ".taskscale").exists()  # validated before touching anything
 
 
@@ -49,7 +41,7 @@ def test_port_taken_names_port_and_holder(run_cli: CliRunner, tmp_path: Path) ->
         project = write_minimal_project(tmp_path / "p", api=port)
         result = run_cli("up", "-r", "1", "--project", str(project))
     assert result.exit_code == 6
-    line = _one_error_line(result.stderr)
+    line = one_error_line(result.stderr)
     assert f"port {port} (needed for nginx) is already in use" in line
     assert "pid" in line
     state_dir = project / ".taskscale"
@@ -90,7 +82,7 @@ def test_logs_of_unknown_service_lists_valid_names(run_cli: CliRunner, mini_proj
     (logs / "redis.log").write_text("ready\n")
     result = run_cli("logs", "nope", "--project", str(mini_project))
     assert result.exit_code == 2
-    assert "unknown service 'nope': choose one of redis" in _one_error_line(result.stderr)
+    assert "unknown service 'nope': choose one of redis" in one_error_line(result.stderr)
     result = run_cli("logs", "redis", "--project", str(mini_project))
     assert result.exit_code == 0
     assert result.stdout.strip() == "ready"

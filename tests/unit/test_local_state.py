@@ -10,13 +10,7 @@ import pytest
 
 from taskscale.errors import ConfigError, TargetError
 from taskscale.targets.local.state import ServiceRecord, StackState, StateFile
-
-
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while psutil.pid_exists(pid):
-        pid -= 1
-    return pid
+from tests.conftest import dead_pid
 
 
 def _record(name: str = "app-1", pid: int | None = None, **kw: object) -> ServiceRecord:
@@ -63,7 +57,7 @@ def test_live_process_with_matching_start_time_is_alive() -> None:
 
 
 def test_dead_pid_is_stale() -> None:
-    assert not _record(pid=_dead_pid()).alive()
+    assert not _record(pid=dead_pid()).alive()
 
 
 def test_reused_pid_is_stale() -> None:

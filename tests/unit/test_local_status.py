@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
-
 from taskscale.config import load_project
 from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.state import ServiceRecord, StackState, StateFile
 from tests.cli.conftest import write_minimal_project
-
-
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while psutil.pid_exists(pid):
-        pid -= 1
-    return pid
+from tests.conftest import dead_pid
 
 
 def test_dead_service_shows_its_log_tail_and_a_note(tmp_path: Path) -> None:
@@ -24,7 +16,7 @@ def test_dead_service_shows_its_log_tail_and_a_note(tmp_path: Path) -> None:
     log = project.state_dir / "logs" / "app-1.log"
     log.parent.mkdir(parents=True)
     log.write_text("starting\nTraceback: boom\n")
-    record = ServiceRecord("app-1", "app", _dead_pid(), 8100, str(log), ["uvicorn"])
+    record = ServiceRecord("app-1", "app", dead_pid(), 8100, str(log), ["uvicorn"])
     StateFile(project.state_dir).save(StackState({"app-1": record}))
 
     status = LocalTarget(project).status()
