@@ -233,6 +233,10 @@ def main() -> int:
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("wrk and taskset are required: apt-get install -y wrk util-linux", file=sys.stderr)
         return 2
+    if not SEED_FILE.is_file():
+        # Checked first: the seed cases are measured last, after minutes of the others.
+        print(f"the seed monolith's source is missing: {SEED_FILE}", file=sys.stderr)
+        return 2
     if (os.cpu_count() or 1) < 2:
         print("needs 2 cores (one for the server, one for the load)", file=sys.stderr)
         return 2

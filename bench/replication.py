@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -47,14 +46,16 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+from stack_up import taskscale_output
 
 from taskscale import proc
-from taskscale.config import load_project
-from taskscale.errors import CommandFailed, TaskscaleError
+from taskscale.config import load_project, read_env_file
+from taskscale.errors import TaskscaleError
 from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.ports import move_to_free_ports
+from taskscale.targets.local.replication import Topology
+from taskscale.targets.local.state import StateFile
 
-CLI = "import sys; from taskscale.cli import main; sys.exit(main())"
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 TARGETS = {
@@ -64,28 +65,8 @@ TARGETS = {
 }
 
 
-def taskscale(*args: str, project: Path, timeout: float = 180) -> tuple[float, str]:
-    """Run the real CLI in a fresh interpreter; return (wall seconds, stdout)."""
-    start = time.perf_counter()
-    try:
-        result = proc.run([sys.executable, "-c", CLI, *args, "--project", str(project)],
-                          timeout=timeout)  # fmt: skip
-    except CommandFailed as exc:
-        raise SystemExit(f"taskscale {' '.join(args)} failed: {exc}\n{exc.detail}") from exc
-    return time.perf_counter() - start, result.stdout
-
-
 def set_ports(project: Path) -> dict[str, int]:
     return move_to_free_ports(project / "taskscale.toml")
-
-
-def read_env(project: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in (project / ".env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            env[key.strip()] = value.strip()
-    return env
 
 
 class Stack:
@@ -93,21 +74,23 @@ class Stack:
 
     def __init__(self, project: Path) -> None:
         self.project = project
-        self.ports: dict[str, int] = {}
+        loaded = load_project(project)
+        self.state_dir = loaded.state_dir
+        self.ports = loaded.config.ports
         self.seen_pids: set[int] = set()
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.ports['api']}"
+        return f"http://127.0.0.1:{self.ports.api}"
 
     def remember_pids(self) -> None:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            data = json.loads((self.project / ".taskscale" / "state.json").read_text())
-            self.seen_pids.update(int(s["pid"]) for s in data["services"])
+        with contextlib.suppress(TaskscaleError):  # a corrupt state file: nothing to remember
+            services = StateFile(self.state_dir).load().services.values()
+            self.seen_pids.update(s.pid for s in services)
 
     def cli(self, *args: str, timeout: float = 180) -> tuple[float, str]:
         try:
-            return taskscale(*args, project=self.project, timeout=timeout)
+            return taskscale_output(*args, project=self.project, timeout=timeout)
         finally:
             self.remember_pids()
 
@@ -117,7 +100,7 @@ class Stack:
         return seconds, data
 
     def connect(self, port: int, timeout: int = 2) -> Conn:
-        env = read_env(self.project)
+        env = read_env_file(self.project / ".env")
         return psycopg.connect(
             host="127.0.0.1",
             port=port,
@@ -174,11 +157,6 @@ def running_stack(keep: Path | None) -> Iterator[Stack]:
             raise SystemExit("taskscale new failed")
         set_ports(project)
     stack = Stack(project)
-    text = (project / "taskscale.toml").read_text()
-    for key in ("api", "app_base", "postgres", "redis", "postgres_standby_base"):
-        match = re.search(rf"(?m)^{key} = (\d+)", text)
-        assert match
-        stack.ports[key] = int(match.group(1))
     try:
         yield stack
     finally:
@@ -270,19 +248,24 @@ def measure_lag(stack: Stack, seconds: float) -> dict[str, Any]:
     target = LocalTarget(load_project(stack.project))
     stop = threading.Event()
     written = {"commits": 0, "rows": 0}
+    writer_seconds = [0.0]  # the writer's own running time, from its first INSERT to its last
     errors: list[str] = []
 
     def writer() -> None:
         try:
             with stack.connect(primary_port) as conn:
-                deadline = time.monotonic() + seconds + 5
-                while not stop.is_set() and time.monotonic() < deadline:
-                    conn.execute(
-                        "INSERT INTO tasks (title, description) "
-                        "SELECT 'bench-load', repeat('x', 200) FROM generate_series(1, 10)"
-                    )
-                    written["commits"] += 1
-                    written["rows"] += 10
+                deadline = time.monotonic() + seconds + 30
+                started = time.perf_counter()
+                try:
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        conn.execute(
+                            "INSERT INTO tasks (title, description) "
+                            "SELECT 'bench-load', repeat('x', 200) FROM generate_series(1, 10)"
+                        )
+                        written["commits"] += 1
+                        written["rows"] += 10
+                finally:
+                    writer_seconds[0] = time.perf_counter() - started
         except psycopg.Error as exc:
             errors.append(f"writer: {exc}")
 
@@ -294,7 +277,10 @@ def measure_lag(stack: Stack, seconds: float) -> dict[str, Any]:
         standbys = {n: stack_cm.enter_context(stack.connect(p)) for n, p in standby_ports.items()}
         thread = threading.Thread(target=writer, daemon=True)
         thread.start()
-        time.sleep(0.5)  # the load is on before the first sample
+        # The load is on before the first sample.
+        if not proc.poll_until(lambda: written["commits"] >= 20 or bool(errors), 10) or errors:
+            stop.set()
+            raise SystemExit(f"the writer did not get going: {'; '.join(errors) or 'too slow'}")
         end = time.monotonic() + seconds
         next_lag_probe = 0.0
         samples = 0
@@ -335,7 +321,7 @@ def measure_lag(stack: Stack, seconds: float) -> dict[str, Any]:
         "not_visible_in_5s": timeouts,
         "p50_ms": round(pct(every, 50) * 1000, 2),
         "p99_ms": round(pct(every, 99) * 1000, 2),
-        "max_ms": round(max(every) * 1000, 2),
+        "max_ms": round(max(every, default=float("nan")) * 1000, 2),
         "per_standby": {
             name: {
                 "count": len(values),
@@ -346,7 +332,9 @@ def measure_lag(stack: Stack, seconds: float) -> dict[str, Any]:
             for name, values in delays.items()
             if values
         },
-        "writer_commits_per_s": round(written["commits"] / (seconds + 0.5)),
+        "writer_commits_per_s": (
+            round(written["commits"] / writer_seconds[0]) if writer_seconds[0] else None
+        ),
         "writer_rows": written["rows"],
         "replay_lag_max_ms": round(replay_lag_max * 1000, 2),
         "status_lag_seconds_under_load": status_lag,
@@ -446,17 +434,17 @@ class Writers:
 
 
 def measure_failover(stack: Stack, label: str) -> dict[str, Any]:
-    state_dir = stack.project / ".taskscale"
-    primary = json.loads((state_dir / "replication.json").read_text())["primary"]
-    services = json.loads((state_dir / "state.json").read_text())["services"]
-    pid = next(int(s["pid"]) for s in services if s["name"] == primary)
+    primary = Topology.load(stack.state_dir).primary
+    record = StateFile(stack.state_dir).load().services.get(primary)
+    if record is None:
+        raise SystemExit(f"the primary {primary} is not in the state file")
+    pid = record.pid
     writers = Writers(stack.api)
     writers.start()
     try:
-        time.sleep(1.5)  # steady writes before the kill
-        before = writers.snapshot()
-        if not any(p.ok for p in before):
-            raise SystemExit("no successful POST before the kill")
+        # Steady writes before the kill.
+        if not proc.poll_until(lambda: sum(p.ok for p in writers.snapshot()) >= 20, 10):
+            raise SystemExit("fewer than 20 successful POSTs in 10 s before the kill")
         os.kill(pid, signal.SIGKILL)
         killed = time.perf_counter()
         try:

@@ -35,19 +35,24 @@ from taskscale.errors import CommandFailed
 from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.ports import move_to_free_ports
 
+CLI = "import sys; from taskscale.cli import main; sys.exit(main())"
+
+
+def taskscale_output(*args: str, project: Path, timeout: float = 300) -> tuple[float, str]:
+    """Run the real CLI in a fresh interpreter; return (wall seconds, stdout)."""
+    start = time.perf_counter()
+    try:
+        result = proc.run(
+            [sys.executable, "-c", CLI, *args, "--project", str(project)], timeout=timeout
+        )
+    except CommandFailed as exc:
+        raise SystemExit(f"taskscale {' '.join(args)} failed: {exc}\n{exc.detail}") from exc
+    return time.perf_counter() - start, result.stdout
+
 
 def taskscale(*args: str, project: Path, timeout: float = 300) -> float:
     """Run the real CLI; return its wall time in seconds."""
-    start = time.perf_counter()
-    try:
-        proc.run(
-            [sys.executable, "-c", "import sys; from taskscale.cli import main; sys.exit(main())",
-             *args, "--project", str(project)],
-            timeout=timeout,
-        )  # fmt: skip
-    except CommandFailed as exc:
-        raise SystemExit(f"taskscale {' '.join(args)} failed: {exc}\n{exc.detail}") from exc
-    return time.perf_counter() - start
+    return taskscale_output(*args, project=project, timeout=timeout)[0]
 
 
 @contextlib.contextmanager
@@ -70,15 +75,11 @@ def project_dir(keep: Path | None) -> Iterator[Path]:
 
 
 def api_url(project: Path) -> str:
-    match = re.search(r"(?m)^api = (\d+)", (project / "taskscale.toml").read_text())
-    assert match
-    return f"http://127.0.0.1:{match.group(1)}"
+    return f"http://127.0.0.1:{load_project(project).config.ports.api}"
 
 
 def app_base(project: Path) -> int:
-    match = re.search(r"(?m)^app_base = (\d+)", (project / "taskscale.toml").read_text())
-    assert match
-    return int(match.group(1))
+    return load_project(project).config.ports.app_base
 
 
 def wrk(url: str, duration: int, connections: int = 64, threads: int = 2) -> float:
@@ -87,10 +88,12 @@ def wrk(url: str, duration: int, connections: int = 64, threads: int = 2) -> flo
         timeout=duration + 30,
     ).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None:
+        raise SystemExit(f"cannot parse wrk output for {url}:\n{out[-2000:]}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         print(f"  warning: {errors.group(1)} non-2xx responses from {url}")
-    return float(match.group(1)) if match else 0.0
+    return float(match.group(1))
 
 
 def main() -> None:

@@ -42,10 +42,13 @@ def looping_clients(
                 except httpx.HTTPError as exc:
                     result.errors.append(repr(exc))
                     continue
+                instance = response.headers.get("x-instance-id")
                 if response.status_code != 200:
                     result.errors.append(f"HTTP {response.status_code}")
+                elif instance is None:
+                    result.errors.append("no x-instance-id")
                 else:
-                    result.answered[response.headers["x-instance-id"]] += 1
+                    result.answered[instance] += 1
 
     threads = [threading.Thread(target=loop) for _ in range(clients)]
     for thread in threads:

@@ -1,22 +1,23 @@
 """Fixtures of the integration tests: a generated project with its own free loopback ports.
 
 ``stack_project`` stops everything the stack started when the test ends, pass or fail: ``down``
-through the library, then SIGKILL of every pid the state file ever recorded.
+through the library, then SIGKILL of every pid the state file recorded (``stopping_stack``, which
+module-scoped stacks use too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from taskscale.config import load_project
+from taskscale.config import STATE_DIR, load_project
 from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.ports import move_to_free_ports
+from taskscale.targets.local.state import StateFile
 from tests.conftest import CliRunner
 
 
@@ -25,11 +26,8 @@ def set_free_ports(project: Path) -> dict[str, int]:
 
 
 def recorded_pids(project: Path) -> list[int]:
-    try:
-        data = json.loads((project / ".taskscale" / "state.json").read_text())
-    except FileNotFoundError:
-        return []
-    return [int(s["pid"]) for s in data["services"]]
+    """Every pid the project's state file records (none when no stack was started)."""
+    return sorted(s.pid for s in StateFile(project / STATE_DIR).load().services.values())
 
 
 def _kill_leftovers(pids: list[int]) -> None:
@@ -43,17 +41,24 @@ def _kill_leftovers(pids: list[int]) -> None:
             pass
 
 
+@contextlib.contextmanager
+def stopping_stack(project: Path) -> Iterator[None]:
+    """When the block ends, pass or fail: ``down``, then SIGKILL of every pid the state file
+    recorded at that moment (so also the replicas a sweep or a rollout started)."""
+    try:
+        yield
+    finally:
+        pids = recorded_pids(project)
+        with contextlib.suppress(Exception):  # cleanup must go on
+            LocalTarget(load_project(project)).down()
+        _kill_leftovers(pids)
+
+
 @pytest.fixture
 def stack_project(tmp_path: Path, run_cli: CliRunner) -> Iterator[tuple[Path, dict[str, int]]]:
     result = run_cli("new", "itest", "--output-dir", str(tmp_path), "--no-git")
     assert result.exit_code == 0, result.stderr
     project = tmp_path / "itest"
     ports = set_free_ports(project)
-    seen: set[int] = set()
-    try:
+    with stopping_stack(project):
         yield project, ports
-    finally:
-        seen.update(recorded_pids(project))
-        with contextlib.suppress(Exception):  # cleanup must go on
-            LocalTarget(load_project(project)).down()
-        _kill_leftovers(sorted(seen))

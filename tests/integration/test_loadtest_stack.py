@@ -7,20 +7,18 @@ for the module and always stopped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import psutil
 import pytest
 
 from taskscale.config import load_project
 from taskscale.scaffold import NewProjectSpec, create_project
 from taskscale.targets import get_target
 from tests.conftest import CliRunner
-from tests.integration.conftest import set_free_ports
-from tests.integration.loadtest_servers import write_scenario
+from tests.integration.conftest import set_free_ports, stopping_stack
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +30,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         NewProjectSpec(name="loadapi", output_dir=root, broker="redis", git=False)
     ).path
     set_free_ports(project)
-    target = get_target("local", load_project(project))
-    pids: list[int] = []
-    try:
-        status = target.up(1)
-        pids = [s.pid for s in status.services if s.pid]
+    with stopping_stack(project):
+        get_target("local", load_project(project)).up(1)
         yield project
-    finally:
-        try:
-            target.down()
-        finally:
-            for pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).kill()
 
 
 @pytest.fixture(autouse=True)
@@ -54,12 +42,25 @@ def _small_hot_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKSCALE_POOL_SIZE", "50")
 
 
-def _scenario_args(project: Path) -> list[str]:
-    # The project's own locustfile (read-heavy/write-heavy/mixed); a plain one if the template
-    # does not ship it yet.
-    if (project / "loadtest" / "locustfile.py").is_file():
-        return ["--scenario", "mixed"]
-    return ["--scenario", str(write_scenario(project / "fallback_scenario.py"))]
+def _loadtest(run_cli: CliRunner, stack: Path, *extra: str) -> dict[str, Any]:
+    """``taskscale loadtest --json`` of the project's own mixed scenario (10 users) against the
+    stack; asserts it succeeded and returns its JSON."""
+    result = run_cli(
+        "loadtest",
+        "--project",
+        str(stack),
+        "--scenario",
+        "mixed",
+        "-u",
+        "10",
+        "-r",
+        "10",
+        *extra,
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
 
 
 def _access_lines(project: Path) -> list[str]:
@@ -70,26 +71,10 @@ def _access_lines(project: Path) -> list[str]:
 def test_run_against_the_stack_matches_nginx_access_log(run_cli: CliRunner, stack: Path) -> None:
     before = len(_access_lines(stack))
     run_dir = stack / "run-10s"
-    result = run_cli(
-        "loadtest",
-        "--project",
-        str(stack),
-        *_scenario_args(stack),
-        "-u",
-        "10",
-        "-r",
-        "10",
-        "-d",
-        "10s",
-        "--out",
-        str(run_dir),
-        "--json",
-    )
-    assert result.exit_code == 0, result.stderr
+    data = _loadtest(run_cli, stack, "-d", "10s", "--out", str(run_dir))
     # Not load: taskscale's readiness probe and the target's health check of nginx (status()).
     probes = ('"GET /readyz ', '"GET /healthz ')
     served = [line for line in _access_lines(stack)[before:] if not any(p in line for p in probes)]
-    data = json.loads(result.stdout)
     assert data["total"]["requests"] == len(served) > 100
     assert data["total"]["unanswered"] == 0
     assert data["total"]["error_rate"] < 1
@@ -101,25 +86,7 @@ def test_run_against_the_stack_matches_nginx_access_log(run_cli: CliRunner, stac
 
 def test_sweep_1_2_produces_the_scaling_table(run_cli: CliRunner, stack: Path) -> None:
     run_dir = stack / "sweep"
-    result = run_cli(
-        "loadtest",
-        "--project",
-        str(stack),
-        *_scenario_args(stack),
-        "-u",
-        "10",
-        "-r",
-        "10",
-        "-d",
-        "5s",
-        "--sweep-replicas",
-        "1,2",
-        "--out",
-        str(run_dir),
-        "--json",
-    )
-    assert result.exit_code == 0, result.stderr
-    data = json.loads(result.stdout)
+    data = _loadtest(run_cli, stack, "-d", "5s", "--sweep-replicas", "1,2", "--out", str(run_dir))
     assert data["kind"] == "sweep"
     steps = data["sweep"]["steps"]
     assert [s["replicas"] for s in steps] == [1, 2]

@@ -9,14 +9,12 @@ again -> rejoin of the old primary.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,9 @@ import pytest
 from taskscale import proc
 from taskscale.config import load_project, read_env_file
 from taskscale.targets.local import LocalTarget
-from taskscale.targets.local.replication import LocalCluster
+from taskscale.targets.local.replication import LocalCluster, Topology
+from taskscale.targets.local.state import StateFile
+from tests.client_loop import looping_clients
 from tests.conftest import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -66,36 +66,6 @@ def _visible(project: Path, port: int, task_id: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _client_loop(api: str) -> Iterator[list[str]]:
-    """Two clients loop GETs (list + one task) while the body runs; yields the error list."""
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
-            deadline = time.monotonic() + 120
-            n = 0
-            while not stop.is_set() and time.monotonic() < deadline and n < 100_000:
-                n += 1
-                try:
-                    response = client.get("/tasks/?limit=5")
-                    if response.status_code != 200:
-                        errors.append(f"HTTP {response.status_code}")
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield errors
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=15)
-
-
 def _post(client: httpx.Client, title: str) -> httpx.Response:
     return client.post("/tasks/", json={"title": title, "description": "replication test"})
 
@@ -112,9 +82,9 @@ def test_replication_lifecycle(
     bad = run_cli("replicate", "--replicas", "99", *p)
     assert bad.exit_code == 2 and "between 0 and" in bad.stderr
 
-    with _client_loop(api) as errors:
+    with looping_clients(api, "/tasks/", params={"limit": 5}, clients=2) as loop:
         data = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
-    assert errors == [], errors[:5]
+    assert loop.errors == [], loop.errors[:5]
     nodes = _nodes(data)
     assert [n for n in nodes.values() if n["role"] == "primary"] == [nodes["postgres"]]
     standbys = [n for n in nodes.values() if n["role"] == "standby"]
@@ -240,17 +210,7 @@ def test_replication_lifecycle(
 
 
 def _primary_pid(project: Path) -> int:
-    state = json.loads((project / ".taskscale" / "state.json").read_text())
-    topology = json.loads((project / ".taskscale" / "replication.json").read_text())
-    for service in state["services"]:
-        if service["name"] == topology["primary"]:
-            return int(service["pid"])
-    raise AssertionError("no primary in the state file")
-
-
-def test_replicate_without_stack(tmp_path: Path, run_cli: CliRunner) -> None:
-    assert run_cli("new", "idle", "-o", str(tmp_path), "--no-git").exit_code == 0
-    result = run_cli("replicate", "--project", str(tmp_path / "idle"))
-    assert result.exit_code != 0
-    assert "not running" in result.stderr
-    assert not (tmp_path / "idle" / ".taskscale" / "replication.json").exists()
+    state_dir = load_project(project).state_dir
+    record = StateFile(state_dir).load().services.get(Topology.load(state_dir).primary)
+    assert record is not None, "no primary in the state file"
+    return record.pid

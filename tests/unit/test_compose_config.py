@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from taskscale.config import read_env_file
 from taskscale.errors import MissingBinary
 from taskscale.targets.compose.engine import compose_command
 
@@ -36,10 +37,7 @@ def _config(project: Path, *profiles: str, env: dict[str, str] | None = None) ->
         capture_output=True,
         text=True,
         timeout=60,
-        env={
-            k: v for k, v in {**os.environ, **(env or {})}.items() if not k.startswith("TASKSCALE_")
-        }
-        | (env or {}),
+        env={k: v for k, v in os.environ.items() if not k.startswith("TASKSCALE_")} | (env or {}),
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -123,11 +121,7 @@ def test_images_are_official_by_default_and_overridable(project: Path) -> None:
 
 
 def test_secrets_come_from_the_env_file(project: Path) -> None:
-    secrets = dict(
-        line.split("=", 1)
-        for line in (project / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
+    secrets = read_env_file(project / ".env")
     services = _config(project)["services"]
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == secrets["POSTGRES_PASSWORD"]
     assert secrets["REDIS_PASSWORD"] in services["app"]["environment"]["REDIS_URL"]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from taskscale.config import ProjectConfig, load_config
+from taskscale.errors import TaskscaleError
 from taskscale.scaffold import NewProjectSpec, create_project, render_tree, template_root
 from taskscale.scaffold.new import default_config, template_context
 
@@ -81,9 +82,10 @@ def test_rendering_is_strict_about_undefined_variables(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "x.txt.jinja").write_text("{{ not_defined }}")
-    with pytest.raises(Exception, match="not_defined"):
+    expected = r"x\.txt\.jinja failed to render: 'not_defined' is undefined"
+    with pytest.raises(TaskscaleError, match=expected) as info:
         render_tree(src, tmp_path / "out", {})
-    assert isinstance(jinja2.StrictUndefined, type)
+    assert isinstance(info.value.__cause__, jinja2.UndefinedError)
 
 
 def test_plain_files_are_copied_verbatim(tmp_path: Path) -> None:
