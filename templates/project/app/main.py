@@ -85,7 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = services
         await services.start()
         log.info("started", extra={"broker": settings.broker, "replicas": len(settings.replica_urls)})
         try:

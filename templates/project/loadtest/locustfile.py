@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import uuid
-from typing import Any, ClassVar
+from typing import Any
 
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
@@ -39,7 +39,24 @@ class HotSet:
         self.ids: list[int] = []
         self._cumulative: list[float] = []
         self._lock = threading.Lock()
+        self._claimed = False
         self.ready = threading.Event()
+
+    def claim(self) -> bool:
+        """True for exactly one caller per test run: the user that builds the set."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def reset(self) -> None:
+        """Forget the set and its builder, so the next test run builds a fresh one."""
+        with self._lock:
+            self.ids = []
+            self._cumulative = []
+            self._claimed = False
+            self.ready.clear()
 
     def fill(self, ids: list[int]) -> None:
         with self._lock:
@@ -66,7 +83,7 @@ HOT = HotSet()
 
 @events.test_start.add_listener  # type: ignore[untyped-decorator]
 def _reset(environment: Environment, **_kwargs: Any) -> None:
-    HOT.ready.clear()
+    HOT.reset()
 
 
 def _body(i: int) -> dict[str, str]:
@@ -76,17 +93,17 @@ def _body(i: int) -> dict[str, str]:
 class TaskApiUser(FastHttpUser):
     abstract = True
     wait_time = between(0.0, 0.01)
-    _creator_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def on_start(self) -> None:
-        # The first user of the process builds the hot set; the others wait for it.
-        if self._creator_lock.acquire(blocking=False):
-            if not HOT.ready.is_set():
-                ids = []
+        # The first user of the process in each test run builds the hot set; the others wait.
+        if HOT.claim():
+            ids: list[int] = []
+            try:
                 for i in range(POOL_SIZE):
                     response = self.client.post("/tasks/", json=_body(i), name="POST /tasks/ (setup)")
                     if response.status_code == 201:
                         ids.append(response.json()["id"])
+            finally:  # even a failed setup releases the waiting users
                 random.shuffle(ids)  # hotness independent of creation order
                 HOT.fill(ids)
         else:

@@ -7,8 +7,11 @@ Tests that stop Redis start their own private Redis so they never disturb the sh
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -91,6 +94,23 @@ def clean_state(request: pytest.FixtureRequest) -> None:
 
 
 AppFactory = Callable[..., Awaitable[FastAPI]]
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` (sync or async) every 10 ms until it is true; AssertionError naming
+    ``what`` when it is still false after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: still false after {timeout:g}s")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from app.api.deps import Services
 from app.core.cache import cache_key
 from app.core.config import libpq_url
-from tests.conftest import AppFactory, client_for
+from tests.conftest import AppFactory, client_for, eventually
 from tests.services import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -24,11 +25,7 @@ def services_of(app: FastAPI) -> Services:
 
 
 async def wait_local_ready(app: FastAPI) -> None:
-    for _ in range(200):
-        if services_of(app).cache.local_active:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("invalidation subscription never confirmed")
+    await eventually(lambda: services_of(app).cache.local_active, what="invalidation subscription confirmed")
 
 
 def counts(app: FastAPI) -> tuple[float, float, float]:
@@ -92,18 +89,16 @@ async def test_invalidation_reaches_other_instances(make_app: AppFactory) -> Non
         response = await a.patch(url, json={"title": "changed by a"})
         assert response.headers["x-instance-id"] == "a"
         # b drops its memory entry when Redis delivers the invalidation (asynchronous, ~ms).
-        for _ in range(100):
-            if task["id"] not in services_of(app_b).cache.local:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: task["id"] not in services_of(app_b).cache.local, what="b's entry invalidated")
         response = await b.get(url)
         assert response.headers["x-instance-id"] == "b"
         assert response.json()["title"] == "changed by a"
         await a.delete(url)
-        for _ in range(100):
-            if (await b.get(url)).status_code == 404:
-                break
-            await asyncio.sleep(0.01)
+
+        async def gone_at_b() -> bool:
+            return (await b.get(url)).status_code == 404
+
+        await eventually(gone_at_b, what="delete seen by b")
         assert (await b.get(url)).status_code == 404
 
 
@@ -126,10 +121,8 @@ async def test_cache_disabled_setting(make_app: AppFactory) -> None:
         assert await services_of(app).cache.redis.get(cache_key(task["id"])) is None
 
 
-async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: object) -> None:
-    from pathlib import Path
-
-    server = RedisServer(workdir=Path(str(tmp_path)), port=free_port())
+async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: Path) -> None:
+    server = RedisServer(workdir=tmp_path, port=free_port())
     server.start()
     try:
         app = await make_app(redis_url=server.url)
@@ -139,10 +132,7 @@ async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: o
             await client.get(f"/tasks/{task['id']}")
             server.stop()
             # Memory layer is dropped with the subscription; reads go to the database.
-            for _ in range(200):
-                if not services_of(app).cache.local_active:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: not services_of(app).cache.local_active, what="subscription dropped")
             assert not services_of(app).cache.local
             url = f"/tasks/{task['id']}"
             assert (await client.get(url)).json() == task
@@ -158,12 +148,9 @@ async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: o
             assert ready.json()["checks"]["database"] == "ok"
 
             server.start()
-            for _ in range(300):
-                if services_of(app).cache.local_active:
-                    break
-                await asyncio.sleep(0.02)
-            assert services_of(app).cache.local_active
-            await asyncio.sleep(1.1)  # circuit breaker retry interval
+            await eventually(lambda: services_of(app).cache.local_active, timeout=6, what="subscription back")
+            # The circuit breaker lets Redis calls through again after its retry interval (1 s).
+            await eventually(lambda: services_of(app).cache.circuit.available, what="cache circuit closed")
             assert (await client.get(url)).json()["title"] == "patched during outage"
             assert (await client.get("/readyz")).status_code == 200
     finally:

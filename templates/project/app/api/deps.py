@@ -1,11 +1,9 @@
-"""The per-process services the routes use, created in the app's lifespan."""
+"""The per-process services the routes use: built by create_app, started in its lifespan."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-
-from fastapi import Request
 
 from app.core.cache import TaskCache
 from app.core.config import Settings
@@ -43,8 +41,3 @@ class Services:
         await self.broker.close()
         await self.cache.close()
         await self.db.close()
-
-
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services

@@ -8,7 +8,14 @@ set -euo pipefail
 host="$(hostname)"
 slot="standby_${host//[^a-z0-9_]/_}"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  until pg_isready --host "$PRIMARY_HOST" --port 5432 --quiet; do
+  # Bounded: after PRIMARY_WAIT_TRIES seconds exit 1 and let the restart policy try again.
+  tries="${PRIMARY_WAIT_TRIES:-60}"
+  until pg_isready --host "$PRIMARY_HOST" --port 5432 --quiet --timeout 2; do
+    tries=$((tries - 1))
+    if [ "$tries" -le 0 ]; then
+      echo "the primary at $PRIMARY_HOST:5432 is not ready: giving up (the restart policy retries)" >&2
+      exit 1
+    fi
     echo "waiting for the primary at $PRIMARY_HOST:5432"
     sleep 1
   done
