@@ -156,25 +156,27 @@ class Target(abc.ABC):
         self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
     ) -> ReplicationChange:
         """Converge to ``standbys`` streaming standbys (None: keep the count, at least 1)."""
-        raise self._no_replication()
+        raise self.unsupported_replication("replicate")
 
     def replication_status(self) -> ClusterStatus:
-        raise self._no_replication()
+        raise self.unsupported_replication("replicate status")
 
     def switchover(
         self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
     ) -> ReplicationChange:
-        raise self._no_replication()
+        raise self.unsupported_replication("replicate switchover")
 
     def failover(
         self, to: str | None, force: bool, on_step: StepCallback = _no_steps
     ) -> ReplicationChange:
-        raise self._no_replication()
+        raise self.unsupported_replication("replicate failover")
 
     def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
-        raise self._no_replication()
+        raise self.unsupported_replication("replicate rejoin")
 
-    def _no_replication(self) -> Exception:
+    def unsupported_replication(self, command: str) -> Exception:
+        """The error for ``taskscale <command>`` on a target without it; targets override it
+        to say what they offer instead."""
         from taskscale.errors import TargetError
 
-        return TargetError(f"replication is not available on the {self.name} target yet")
+        return TargetError(f"`taskscale {command}` is not available on the {self.name} target")

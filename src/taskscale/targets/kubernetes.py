@@ -45,7 +45,7 @@ from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.api import FIELD_MANAGER, KubeApi, KubeApiError, object_path
 
 if TYPE_CHECKING:
-    from taskscale.replication.model import ClusterStatus, ReplicationChange
+    from taskscale.replication.model import ClusterStatus
 
 Flavor = Literal["minikube", "kubernetes"]
 Runner = Callable[..., proc.Completed]
@@ -642,30 +642,12 @@ class KubernetesTarget(Target):
             notes.append(f"{name}: unexpected psql output ({exc})")
             return None
 
-    def _unsupported(self, command: str) -> TargetError:
+    def unsupported_replication(self, command: str) -> TargetError:
         return TargetError(
-            f"`taskscale replicate{command}` is not supported on the {self.name} target",
+            f"`taskscale {command}` is not supported on the {self.name} target",
             hint="only `replicate status` is here; promoting a standby is manual, see "
             "docs/kubernetes.md",
         )
-
-    def replicate(
-        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self._unsupported("")
-
-    def switchover(
-        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self._unsupported(" switchover")
-
-    def failover(
-        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self._unsupported(" failover")
-
-    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
-        raise self._unsupported(" rejoin")
 
 
 def normalise_image(image: str) -> str:

@@ -436,23 +436,10 @@ class ComposeTarget(Target):
             )
         primary.run(*pg.set_sync(state.sync and state.standbys > 0), pg.DROP_STALE_SLOTS_SQL)
 
-    def switchover(
-        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self._local_only("switchover")
-
-    def failover(
-        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self._local_only("failover")
-
-    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
-        raise self._local_only("rejoin")
-
-    def _local_only(self, what: str) -> TaskscaleError:
+    def unsupported_replication(self, command: str) -> TaskscaleError:
         return TargetError(
-            f"replicate {what} runs on the local target only; the compose stack's primary is "
-            "the `postgres` service",
+            f"{command} runs on the local target only; the compose stack's primary is the "
+            "`postgres` service",
             hint="on compose, change standbys: taskscale replicate --replicas N --target compose",
         )
 
