@@ -70,7 +70,13 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn every TaskscaleError into one red line and its exit code."""
     try:
-        app(args=argv, prog_name="taskscale", standalone_mode=False)
+        # Outside standalone mode Typer returns the exit code of a typer.Exit raised inside a
+        # command, and turns Ctrl-C into Exit(130): pass those on instead of exiting 0.
+        returned = app(args=argv, prog_name="taskscale", standalone_mode=False)
+        if returned == 130:
+            console.error_line("interrupted")
+        if isinstance(returned, int):
+            return returned
     except TaskscaleError as exc:
         if state.verbose:
             console.err.print_exception()
