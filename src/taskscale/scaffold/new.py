@@ -18,16 +18,15 @@ from taskscale import __version__, proc
 from taskscale.config import (
     CONFIG_FILE,
     Broker,
-    ImagesSection,
-    KubernetesSection,
     ProjectConfig,
-    ProjectSection,
     check_project_name,
     load_config,
-    package_name,
     read_env_file,
 )
 from taskscale.errors import MissingBinary, TargetExists, TaskscaleError, UsageError
+from taskscale.scaffold.answers import answers_of, project_config
+from taskscale.scaffold.record import RECORD_FILE, Record, write_record
+from taskscale.scaffold.releases import digest, read_tree, tree_digest
 from taskscale.scaffold.render import render_tree, template_root
 
 ENV_FILE = ".env"
@@ -62,13 +61,7 @@ class NewProjectResult:
 
 
 def default_config(name: str, broker: Broker) -> ProjectConfig:
-    return ProjectConfig(
-        project=ProjectSection(
-            name=name, package=package_name(name), broker=broker, taskscale_version=__version__
-        ),
-        images=ImagesSection(app=f"{name}-app:latest", worker=f"{name}-app:latest"),
-        kubernetes=KubernetesSection(namespace=name),
-    )
+    return project_config({"name": name, "broker": broker}, __version__)
 
 
 def template_context(config: ProjectConfig) -> dict[str, Any]:
@@ -146,9 +139,14 @@ def create_project(spec: NewProjectSpec) -> NewProjectResult:
         raise TaskscaleError(f"cannot write to {output_dir}: {exc.strerror}") from exc
 
     try:
-        files = [
-            p.as_posix() for p in render_tree(template_root(), staging, template_context(config))
-        ]
+        source = template_root()
+        rendered = render_tree(source, staging, template_context(config))
+        files = [p.as_posix() for p in rendered]
+        # What `taskscale update` needs to render this project again (see docs/update.md).
+        render_digest = digest(read_tree(staging, rendered))
+        record = Record(__version__, tree_digest(source), render_digest, answers_of(config))
+        write_record(staging, record)
+        files.append(RECORD_FILE)
         # The rendered taskscale.toml must load back into the same typed config.
         load_config(staging / CONFIG_FILE)
         env_path = staging / ENV_FILE

@@ -42,16 +42,23 @@ def make_environment(root: Path) -> jinja2.Environment:
     )
 
 
+def source_files(source: Path) -> list[Path]:
+    """The template files under ``source`` (relative, sorted): caches and directories left out."""
+    return [
+        path.relative_to(source)
+        for path in sorted(source.rglob("*"))
+        if not any(part in _SKIP_NAMES for part in path.relative_to(source).parts)
+        and path.suffix != ".pyc"
+        and not path.is_dir()
+    ]
+
+
 def render_tree(source: Path, destination: Path, context: Mapping[str, Any]) -> list[Path]:
     """Render every file of ``source`` into ``destination``; return the written relative paths."""
     env = make_environment(source)
     written: list[Path] = []
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        if any(part in _SKIP_NAMES for part in rel.parts) or path.suffix == ".pyc":
-            continue
-        if path.is_dir():
-            continue
+    for rel in source_files(source):
+        path = source / rel
         if path.name.endswith(TEMPLATE_SUFFIX):
             out_rel = rel.with_name(path.name[: -len(TEMPLATE_SUFFIX)])
             target = destination / out_rel
