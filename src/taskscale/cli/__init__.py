@@ -13,7 +13,7 @@ import sys
 import typer
 
 from taskscale import __version__, console
-from taskscale.cli import down, loadtest, logs, new, replicate, report, status, up
+from taskscale.cli import down, loadtest, logs, new, replicate, report, status, up, update
 from taskscale.cli.common import state
 from taskscale.errors import TaskscaleError
 
@@ -43,6 +43,7 @@ app.command("status")(status.command)
 app.command("logs")(logs.command)
 app.command("down")(down.command)
 app.add_typer(replicate.app, name="replicate")
+app.command("update")(update.command)
 
 
 def _version(value: bool) -> None:
