@@ -73,3 +73,9 @@ class SloFailed(TaskscaleError):
     """A load test ran and its reports were written, but at least one SLO gate failed."""
 
     exit_code = 1
+
+
+class UpdateConflicts(TaskscaleError):
+    """`taskscale update` was applied, but some files hold conflict markers to resolve."""
+
+    exit_code = 1

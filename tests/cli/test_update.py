@@ -574,3 +574,23 @@ def _env_from(text: str) -> dict[str, str]:
     return dict(
         line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
     )
+
+
+def test_switching_the_real_template_to_kafka_keeps_a_readme_edit(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The issue's example on the live template: an edited README keeps its edit and gains the
+    Kafka wording; the Kafka manifests and compose service come in."""
+    project = generate(run_cli, tmp_path)
+    readme = project / "README.md"
+    readme.write_text(readme.read_text() + "\n## Our notes\nOn call: the platform team.\n")
+    result = run_cli("update", "--project", str(project), "--answers", "broker=kafka")
+    assert result.exit_code == 0, result.stderr
+    text = readme.read_text()
+    assert "On call: the platform team." in text
+    assert "Kafka broker, Prometheus metrics" in text and "Redis Streams broker" not in text
+    kustomization = (project / "deploy" / "k8s" / "base" / "kustomization.yaml").read_text()
+    assert "- kafka.yaml" in kustomization
+    assert "\n  kafka:\n" in (project / "deploy" / "docker-compose.yml").read_text()
+    assert load_config(project / "taskscale.toml").project.broker == "kafka"
+    assert _env(project / ".env")["BROKER"] == "kafka"

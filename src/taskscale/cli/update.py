@@ -8,16 +8,10 @@ import typer
 
 from taskscale import console
 from taskscale.cli.common import JsonFlag, ProjectDir
-from taskscale.errors import TaskscaleError
+from taskscale.errors import UpdateConflicts
 
 if TYPE_CHECKING:
     from taskscale.scaffold.update import UpdateResult
-
-
-class UpdateConflicts(TaskscaleError):
-    """The update was applied, but some files need their conflict markers resolved."""
-
-    exit_code = 1
 
 
 def command(
@@ -26,6 +20,7 @@ def command(
         typer.Option(
             "--answers",
             "-a",
+            metavar="KEY=VALUE",
             help="Change an answer given to `taskscale new`, as KEY=VALUE (e.g. broker=kafka); "
             "repeat for several. With --adopt: the answers the project was generated with.",
             show_default=False,
