@@ -25,8 +25,8 @@ import pytest
 from taskscale import proc
 from taskscale.config import load_project, read_env_file
 from taskscale.targets.local import LocalTarget
-from taskscale.targets.local.replication import LocalCluster, Topology
 from taskscale.targets.local.state import StateFile
+from taskscale.targets.local.topology import Topology
 from tests.client_loop import looping_clients
 from tests.conftest import CliRunner
 
@@ -126,7 +126,7 @@ def test_replication_lifecycle(
     assert healthy.exit_code != 0 and "healthy" in healthy.stderr
 
     # A standby whose replay is paused falls behind: switchover to it is refused.
-    cluster = LocalCluster(LocalTarget(load_project(project)))
+    cluster = LocalTarget(load_project(project)).replication()
     with cluster.node("postgres-3").connect() as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
     with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:

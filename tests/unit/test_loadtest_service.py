@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -13,13 +12,15 @@ from taskscale.config import Project
 from taskscale.loadtest import service
 from taskscale.loadtest.spec import LoadTestSpec
 from taskscale.report.model import Report
-from taskscale.targets.base import (
+from taskscale.targets.base import Target
+from taskscale.targets.logstream import LogStream
+from taskscale.targets.model import (
     DownResult,
     Endpoints,
+    ProcessDetail,
     ServiceStatus,
     StackStatus,
     StepCallback,
-    Target,
 )
 
 
@@ -31,7 +32,14 @@ class FakeTarget(Target):
         self.scaled: list[int] = []
 
     def _status(self) -> StackStatus:
-        app = ServiceStatus(name="app-1", kind="app", pid=1, port=1, healthy=True, state="running")
+        app = ServiceStatus(
+            name="app-1",
+            kind="app",
+            port=1,
+            healthy=True,
+            state="running",
+            detail=ProcessDetail(pid=1),
+        )
         return StackStatus(
             target=self.name,
             project="p",
@@ -48,8 +56,8 @@ class FakeTarget(Target):
     def status(self) -> StackStatus:
         return self._status()
 
-    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
-        return iter(())
+    def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
+        return LogStream([], follow=follow, prefix=False)
 
     def down(self, purge: bool = False, on_step: StepCallback = service._no_step) -> DownResult:
         return DownResult(target=self.name, stopped=[], purged=purge)

@@ -3,19 +3,17 @@
 ``up`` builds the overlay (``minikube`` or ``production``), checks the cluster can run it
 (context, API, metrics-server for the HPA, and on Minikube that the app image is loaded),
 server-side applies every object with one field manager, then waits for each rollout. ``down``
-deletes the namespace and waits until it is gone. ``loadtest`` runs Locust as Jobs in the
-namespace (``kube/loadgen.py``); ``replicate status`` asks each PostgreSQL pod through pod exec
-(``kube/replication.py``); the other replication commands say they are not supported here:
-promotion is not automated.
+deletes what ``up`` applied and keeps the PostgreSQL volumes (PersistentVolumeClaims); ``down
+--purge`` deletes the whole namespace, volumes included, and waits until it is gone.
+``loadtest`` runs Locust as Jobs in the namespace (``kube/loadgen.py``); replication offers only
+its status, read from each PostgreSQL pod through pod exec (``kube/replication.py``): promotion
+is not automated here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,25 +24,27 @@ from taskscale.errors import (
     MissingBinary,
     ServiceNotReady,
     TargetError,
-    TaskscaleError,
     UsageError,
 )
-from taskscale.targets.base import (
+from taskscale.targets.base import Target, validate_replicas
+from taskscale.targets.capabilities import Replication
+from taskscale.targets.kube import manifests, rollout
+from taskscale.targets.kube.api import KubeApi, KubeApiError, object_path
+from taskscale.targets.kube.namespace import Namespace
+from taskscale.targets.logstream import LogStream
+from taskscale.targets.model import (
     DownResult,
     Endpoints,
-    LoadGenerator,
+    PodsDetail,
     ServiceKind,
     ServiceStatus,
     StackStatus,
     StepCallback,
-    Target,
-    _no_steps,
-    validate_replicas,
+    no_steps,
 )
-from taskscale.targets.kube import manifests, rollout
-from taskscale.targets.kube.api import FIELD_MANAGER, KubeApi, KubeApiError, object_path
 
 if TYPE_CHECKING:
+    from taskscale.loadgen.job import LoadGenerator
     from taskscale.replication.model import ClusterStatus
 
 Flavor = Literal["minikube", "kubernetes"]
@@ -78,6 +78,8 @@ def _service_kind(name: str) -> ServiceKind:
 class KubernetesTarget(Target):
     """A stack on a Kubernetes cluster reached through a kubeconfig context."""
 
+    guide = "docs/kubernetes.md"
+
     def __init__(
         self,
         project: Project,
@@ -97,34 +99,20 @@ class KubernetesTarget(Target):
         self.overlay = "minikube" if flavor == "minikube" else "production"
         self._run = runner
         self._poll = poll_interval
-        self._api: KubeApi | None = None
+        self._ns: Namespace | None = None
 
     # ------------------------------------------------------------------ plumbing
 
     @property
+    def ns(self) -> Namespace:
+        """The stack's namespace (the API client is created, and the kubeconfig read, once)."""
+        if self._ns is None:
+            self._ns = Namespace(KubeApi(self.context), self.namespace)
+        return self._ns
+
+    @property
     def api(self) -> KubeApi:
-        if self._api is None:
-            self._api = KubeApi(self.context)
-        return self._api
-
-    def _ns_path(self, plural: str, api_version: str = "v1", name: str | None = None) -> str:
-        return object_path(api_version, plural, self.namespace, name)
-
-    def _list(self, plural: str, api_version: str = "v1", **query: str) -> list[dict[str, Any]]:
-        data = self.api.request("GET", self._ns_path(plural, api_version), query=query or None)
-        return list(data.get("items") or [])
-
-    def _workloads(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        for kind, plural, version in (
-            ("StatefulSet", "statefulsets", "apps/v1"),
-            ("Deployment", "deployments", "apps/v1"),
-            ("Job", "jobs", "batch/v1"),
-        ):
-            for obj in self._list(plural, version):
-                obj["kind"] = kind
-                items.append(obj)
-        return items
+        return self.ns.api
 
     # ------------------------------------------------------------------ preflight
 
@@ -214,7 +202,7 @@ class KubernetesTarget(Target):
 
     # ------------------------------------------------------------------ up
 
-    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+    def up(self, replicas: int, on_step: StepCallback = no_steps) -> StackStatus:
         settings = self.project.config.kubernetes
         validate_replicas(
             replicas,
@@ -236,47 +224,16 @@ class KubernetesTarget(Target):
         self.wait_rollouts(objects, timeout=settings.rollout_timeout, on_step=on_step)
         return self.status()
 
-    def apply(self, objects: list[dict[str, Any]], on_step: StepCallback = _no_steps) -> None:
+    def apply(self, objects: list[dict[str, Any]], on_step: StepCallback = no_steps) -> None:
         """Server-side apply of every object, in order; a previous Job is replaced."""
-        for obj in objects:
-            kind = obj["kind"]
-            name = obj["metadata"]["name"]
-            on_step(f"applying {kind.lower()}/{name}")
-            info = manifests.KINDS[kind]
-            namespace = self.namespace if info.namespaced else None
-            if kind == "Job":
-                self._delete_job(name)
-            path = object_path(obj["apiVersion"], info.plural, namespace, name)
-            try:
-                self.api.request(
-                    "PATCH",
-                    path,
-                    body=obj,
-                    query={"fieldManager": FIELD_MANAGER, "force": True},
-                    content_type="application/apply-patch+yaml",
-                )
-            except KubeApiError as exc:
-                raise TargetError(
-                    f"the cluster rejected {kind.lower()}/{name}: {exc.message}",
-                    hint="fix deploy/k8s and validate it with `kubectl kustomize ... | "
-                    "kubectl apply --dry-run=server -f -`",
-                ) from exc
-
-    def _delete_job(self, name: str) -> None:
-        # A Job's pod template is immutable: re-running the migrations means a new Job.
-        path = self._ns_path("jobs", "batch/v1", name)
-        if self.api.get_or_none(path) is None:
-            return
-        self.api.request("DELETE", path, query={"propagationPolicy": "Background"})
-        if not proc.poll_until(lambda: self.api.get_or_none(path) is None, 60, max_interval=1.0):
-            raise TargetError(f"the previous job {name} was not deleted within 60s")
+        self.ns.apply(objects, on_step)
 
     def wait_rollouts(
         self,
         objects: list[dict[str, Any]],
         *,
         timeout: float,
-        on_step: StepCallback = _no_steps,
+        on_step: StepCallback = no_steps,
     ) -> list[rollout.Progress]:
         """Poll every workload until its rollout is done; ServiceNotReady after ``timeout``."""
         wanted = [
@@ -287,7 +244,7 @@ class KubernetesTarget(Target):
         deadline = time.monotonic() + timeout
         while True:
             # Three list requests a poll, whatever the number of workloads.
-            current = {(o["kind"], o["metadata"]["name"]): o for o in self._workloads()}
+            current = {(o["kind"], o["metadata"]["name"]): o for o in self.ns.workloads()}
             states = []
             for key in wanted:
                 if key not in current:
@@ -297,7 +254,7 @@ class KubernetesTarget(Target):
             pending = [s for s in states if not s.done]
             if not pending:
                 return states
-            pods = self._list("pods")
+            pods = self.ns.items("pods")
             self.check_images(pods)
             on_step("waiting for " + ", ".join(s.describe() for s in pending))
             if time.monotonic() >= deadline:
@@ -333,7 +290,7 @@ class KubernetesTarget(Target):
 
     def status(self) -> StackStatus:
         endpoints = self.endpoints()
-        if self.api.get_or_none(object_path("v1", "namespaces", None, self.namespace)) is None:
+        if not self.ns.exists():
             return StackStatus(
                 target=self.name,
                 project=self.project.config.project.name,
@@ -344,7 +301,7 @@ class KubernetesTarget(Target):
             )
         services: list[ServiceStatus] = []
         app_replicas = 0
-        for obj in self._workloads():
+        for obj in self.ns.workloads():
             if obj["kind"] == "Job":
                 continue
             state = rollout.progress(obj)
@@ -363,13 +320,11 @@ class KubernetesTarget(Target):
                 ServiceStatus(
                     name=state.name,
                     kind=_service_kind(state.name),
-                    pid=None,
                     port=_first_port(obj),
                     healthy=healthy,
                     state=phase,
                     uptime_seconds=_age(obj),
-                    ready=state.ready,
-                    desired=state.desired,
+                    detail=PodsDetail(ready=state.ready, desired=state.desired),
                 )
             )
         services.sort(key=lambda s: (s.kind != "app", s.name))
@@ -384,7 +339,7 @@ class KubernetesTarget(Target):
 
     def _hpa_notes(self) -> list[str]:
         notes = []
-        for hpa in self._list("horizontalpodautoscalers", "autoscaling/v2"):
+        for hpa in self.ns.items("horizontalpodautoscalers", "autoscaling/v2"):
             spec = hpa.get("spec", {})
             status = hpa.get("status") or {}
             target = next(
@@ -430,95 +385,39 @@ class KubernetesTarget(Target):
 
     # ------------------------------------------------------------------ logs
 
-    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
+    def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
+        if not self.ns.exists():
+            raise self._not_running()
         pods = self._pods_of(service)
-        if not pods:
-            return
-        if follow:
-            if len(pods) > MAX_FOLLOWED_PODS:
-                raise UsageError(
-                    f"--follow streams at most {MAX_FOLLOWED_PODS} pods; "
-                    f"{service or 'the stack'} has {len(pods)}",
-                    hint="name a component or one pod",
-                )
-            yield from self._follow(pods, tail)
-            return
-        for pod in pods:
-            name = pod["metadata"]["name"]
-            query = self._log_query(pod, tail)
-            path = self._ns_path("pods", name=name) + "/log"
-            prefix = f"{name} | " if len(pods) > 1 else ""
-            try:
-                text = self.api.request_text(path, query)
-            except KubeApiError as exc:
-                yield f"{prefix}(no log: {exc.message})"
-                continue
-            for line in text.splitlines():
-                yield prefix + line
+        if not pods and service is None:
+            raise self._not_running()
+        if follow and len(pods) > MAX_FOLLOWED_PODS:
+            raise UsageError(
+                f"--follow streams at most {MAX_FOLLOWED_PODS} pods; "
+                f"{service or 'the stack'} has {len(pods)}",
+                hint="name a component or one pod",
+            )
+        sources = [self.ns.pod_log_source(pod, tail, follow) for pod in pods]
+        return LogStream(sources, follow=follow, prefix=len(pods) > 1)
 
-    def _log_query(self, pod: dict[str, Any], tail: int) -> dict[str, str | int | bool]:
-        return {"container": pod["spec"]["containers"][0]["name"], "tailLines": tail}
-
-    def _follow(self, pods: list[dict[str, Any]], tail: int) -> Iterator[str]:
-        """Lines of every pod as they arrive, interleaved, each prefixed with its pod when
-        there are several. One thread per stream feeds a bounded queue; closing the generator
-        (Ctrl-C in the CLI) closes the streams."""
-        lines: queue.Queue[tuple[str, str | None]] = queue.Queue(maxsize=1000)
-        stop = threading.Event()
-        responses: list[Any] = []
-
-        def put(item: tuple[str, str | None]) -> None:
-            while not stop.is_set():
-                with contextlib.suppress(queue.Full):
-                    lines.put(item, timeout=0.2)
-                    return
-
-        def pump(pod: dict[str, Any]) -> None:
-            name = pod["metadata"]["name"]
-            path = self._ns_path("pods", name=name) + "/log"
-            query = {**self._log_query(pod, tail), "follow": True}
-            try:
-                for line in self.api.stream_lines(path, query, on_open=responses.append):
-                    if stop.is_set():
-                        return
-                    put((name, line))
-            except TaskscaleError as exc:
-                put((name, f"(log ended: {exc.message})"))
-            except Exception as exc:  # a stream closed under it on shutdown, or a reset
-                if not stop.is_set():
-                    put((name, f"(log ended: {type(exc).__name__})"))
-            finally:
-                put((name, None))
-
-        threads = [threading.Thread(target=pump, args=(p,), daemon=True) for p in pods]
-        for thread in threads:
-            thread.start()
-        prefixed = len(pods) > 1
-        open_streams = len(threads)
-        try:
-            while open_streams:
-                name, line = lines.get()
-                if line is None:
-                    open_streams -= 1
-                    continue
-                yield f"{name} | {line}" if prefixed else line
-        finally:
-            stop.set()
-            for response in list(responses):
-                with contextlib.suppress(Exception):
-                    response.close()
+    def _not_running(self) -> TargetError:
+        return TargetError(
+            f"the stack is not running: namespace {self.namespace} does not exist in "
+            f"context {self.api.context}",
+            hint=f"start it with `taskscale up --target {self.name}` first",
+        )
 
     def _pods_of(self, service: str | None) -> list[dict[str, Any]]:
         if service is None:
-            return sorted(self._list("pods"), key=lambda p: str(p["metadata"]["name"]))
-        workloads = {o["metadata"]["name"]: o for o in self._workloads()}
+            return sorted(self.ns.items("pods"), key=lambda p: str(p["metadata"]["name"]))
+        workloads = {o["metadata"]["name"]: o for o in self.ns.workloads()}
         if service in workloads:
             labels = workloads[service]["spec"]["selector"].get("matchLabels", {})
             if workloads[service]["kind"] == "Job":
                 labels = {"job-name": service}
             selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-            return self._list("pods", labelSelector=selector)
-        pods = self._list("pods")
+            return self.ns.items("pods", labelSelector=selector)
+        pods = self.ns.items("pods")
         by_name = [p for p in pods if p["metadata"]["name"] == service]
         if by_name:
             return by_name
@@ -527,11 +426,38 @@ class KubernetesTarget(Target):
 
     # ------------------------------------------------------------------ down
 
-    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
-        path = object_path("v1", "namespaces", None, self.namespace)
-        if self.api.get_or_none(path) is None:
+    def down(self, purge: bool = False, on_step: StepCallback = no_steps) -> DownResult:
+        """Delete what ``up`` applied, keeping the volumes (PostgreSQL's data); ``purge``
+        deletes the namespace and with it every PersistentVolumeClaim."""
+        if not self.ns.exists():
             return DownResult(target=self.name, stopped=[], purged=False)
-        stopped = sorted(o["metadata"]["name"] for o in self._workloads())
+        stopped = sorted(o["metadata"]["name"] for o in self.ns.workloads())
+        if purge:
+            self._delete_namespace(on_step)
+        else:
+            self._delete_objects(on_step)
+        return DownResult(target=self.name, stopped=stopped, purged=purge)
+
+    def _delete_objects(self, on_step: StepCallback) -> None:
+        """Every object of the kinds ``up`` applies, except the namespace itself; the
+        StatefulSets' PersistentVolumeClaims are not among them and stay."""
+        kinds = [(k, info) for k, info in manifests.KINDS.items() if info.namespaced]
+        kinds.sort(key=lambda item: -item[1].order)  # workloads first, what they use last
+        for kind, info in kinds:
+            for obj in self.ns.items(info.plural, info.api_version):
+                name = obj["metadata"]["name"]
+                on_step(f"deleting {kind.lower()}/{name}")
+                self.ns.delete(info.plural, info.api_version, name)
+        timeout = self.project.config.kubernetes.rollout_timeout
+        on_step("waiting for the pods to be gone")
+        if not proc.poll_until(lambda: not self.ns.items("pods"), timeout, max_interval=self._poll):
+            raise TargetError(
+                f"pods of namespace {self.namespace} are still terminating after {timeout:g}s",
+                hint=f"see kubectl get pods -n {self.namespace}",
+            )
+
+    def _delete_namespace(self, on_step: StepCallback) -> None:
+        path = object_path("v1", "namespaces", None, self.namespace)
         on_step(f"deleting namespace {self.namespace}")
         try:
             self.api.request("DELETE", path, query={"propagationPolicy": "Foreground"})
@@ -540,37 +466,36 @@ class KubernetesTarget(Target):
                 raise
         timeout = self.project.config.kubernetes.rollout_timeout
         on_step(f"waiting for namespace {self.namespace} to be gone")
-        if not proc.poll_until(
-            lambda: self.api.get_or_none(path) is None, timeout, max_interval=self._poll
-        ):
+        if not proc.poll_until(lambda: not self.ns.exists(), timeout, max_interval=self._poll):
             raise TargetError(
                 f"namespace {self.namespace} is still terminating after {timeout:g}s",
                 hint=f"look for stuck finalizers: kubectl get all,pvc -n {self.namespace}",
             )
-        # Deleting the namespace deletes its PersistentVolumeClaims: the data is gone too.
-        return DownResult(target=self.name, stopped=stopped, purged=True)
 
-    # ------------------------------------------------------------------ loadtest
+    # ------------------------------------------------------------------ capabilities
 
     def load_generator(self) -> LoadGenerator:
         from taskscale.targets.kube.loadgen import ClusterLoadGenerator
 
-        return ClusterLoadGenerator(self, poll_interval=self._poll)
+        return ClusterLoadGenerator(
+            self.ns,
+            target=self.name,
+            check_images=self.check_images,
+            start_timeout=self.project.config.kubernetes.rollout_timeout,
+            poll_interval=self._poll,
+        )
 
-    # ------------------------------------------------------------------ replication
+    def replication(self) -> Replication:
+        return _PodReplication(self)
 
     def replication_status(self) -> ClusterStatus:
         """Every PostgreSQL pod asked with psql through pod exec (see kube/replication.py)."""
         from taskscale.replication.model import ClusterStatus
         from taskscale.targets.kube import replication
 
-        if self.api.get_or_none(object_path("v1", "namespaces", None, self.namespace)) is None:
-            raise TargetError(
-                f"the stack is not running: namespace {self.namespace} does not exist in "
-                f"context {self.api.context}",
-                hint=f"start it with `taskscale up --target {self.name}` first",
-            )
-        pods = self._list("pods", labelSelector="app.kubernetes.io/name=postgres")
+        if not self.ns.exists():
+            raise self._not_running()
+        pods = self.ns.items("pods", labelSelector="app.kubernetes.io/name=postgres")
         pods.sort(key=lambda p: str(p["metadata"]["name"]))
         by_role: dict[str, list[dict[str, Any]]] = {"primary": [], "standby": []}
         for pod in pods:
@@ -642,12 +567,15 @@ class KubernetesTarget(Target):
             notes.append(f"{name}: unexpected psql output ({exc})")
             return None
 
-    def unsupported_replication(self, command: str) -> TargetError:
-        return TargetError(
-            f"`taskscale {command}` is not supported on the {self.name} target",
-            hint="only `replicate status` is here; promoting a standby is manual, see "
-            "docs/kubernetes.md",
-        )
+
+class _PodReplication(Replication):
+    """Status only: promotion is manual on this target (docs/kubernetes.md)."""
+
+    def __init__(self, target: KubernetesTarget) -> None:
+        self._target = target
+
+    def status(self) -> ClusterStatus:
+        return self._target.replication_status()
 
 
 def normalise_image(image: str) -> str:
