@@ -85,6 +85,11 @@ def test_replication_lifecycle(
     with looping_clients(api, "/tasks/", params={"limit": 5}, clients=2) as loop:
         data = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
     assert loop.errors == [], loop.errors[:5]
+    # The rollout moved the replicas to the other slot; their names stay app-1..N.
+    services = _json(run_cli, "status", "--json", *p)["services"]
+    apps = [(s["name"], s["slot"]) for s in services if s["kind"] == "app"]
+    assert apps == [("app-1", "green"), ("app-2", "green")], apps
+    assert "green" in run_cli("status", *p).stdout
     nodes = _nodes(data)
     assert [n for n in nodes.values() if n["role"] == "primary"] == [nodes["postgres"]]
     standbys = [n for n in nodes.values() if n["role"] == "standby"]
