@@ -293,11 +293,20 @@ def test_down_without_purge_keeps_the_volumes(
     }
     url = f"{emulator.url}/api/v1/namespaces/tasks-api/persistentvolumeclaims/{PVC}"
     httpx.patch(url, json=pvc, headers=APPLY).raise_for_status()
+    # Not taskscale's (every namespace gets one): down leaves it alone.
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-root-ca.crt", "namespace": "tasks-api"},
+    }
+    url = f"{emulator.url}/api/v1/namespaces/tasks-api/configmaps/kube-root-ca.crt"
+    httpx.patch(url, json=foreign, headers=APPLY).raise_for_status()
     steps: list[str] = []
     result = target(k8s_project).down(on_step=steps.append)
     assert not result.purged and "app" in result.stopped and "postgres-primary" in result.stopped
-    for plural in ("deployments", "statefulsets", "jobs", "services", "configmaps", "secrets"):
+    for plural in ("deployments", "statefulsets", "jobs", "services", "secrets"):
         assert emulator.objects(plural) == [], plural
+    assert [o["metadata"]["name"] for o in emulator.objects("configmaps")] == ["kube-root-ca.crt"]
     assert "tasks-api" in emulator.emulator.namespaces
     assert [o["metadata"]["name"] for o in emulator.objects("persistentvolumeclaims")] == [PVC]
     assert "deleting deployment/app" in steps

@@ -21,6 +21,7 @@ from taskscale.targets.model import (
     ServiceStatus,
     StackStatus,
     StepCallback,
+    no_steps,
 )
 
 
@@ -48,7 +49,7 @@ class FakeTarget(Target):
             endpoints=self.endpoints(),
         )
 
-    def up(self, replicas: int, on_step: StepCallback = service._no_step) -> StackStatus:
+    def up(self, replicas: int, on_step: StepCallback = no_steps) -> StackStatus:
         self.scaled.append(replicas)
         self.replicas = replicas
         return self._status()
@@ -59,7 +60,7 @@ class FakeTarget(Target):
     def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
         return LogStream([], follow=follow, prefix=False)
 
-    def down(self, purge: bool = False, on_step: StepCallback = service._no_step) -> DownResult:
+    def down(self, purge: bool = False, on_step: StepCallback = no_steps) -> DownResult:
         return DownResult(target=self.name, stopped=[], purged=purge)
 
     def endpoints(self) -> Endpoints:

@@ -11,7 +11,6 @@ import importlib.metadata
 import os
 import platform
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,17 +39,12 @@ from taskscale.report.model import (
 from taskscale.resources import template_root
 from taskscale.targets import get_target
 from taskscale.targets.base import Target
+from taskscale.targets.model import StepCallback, no_steps
 
 # The generated locustfile picks its scenario from this variable (see templates/project/loadtest).
 SCENARIO_ENV = "TASKSCALE_SCENARIO"
 LOCUSTFILE = Path("loadtest") / "locustfile.py"
 PREFLIGHT_TIMEOUT_S = 5.0
-
-StepCallback = Callable[[str], None]
-
-
-def _no_step(_: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -439,7 +433,7 @@ def run_loadtest(
     project: Project | None,
     *,
     on_progress: ProgressCallback | None = None,
-    on_step: StepCallback = _no_step,
+    on_step: StepCallback = no_steps,
 ) -> LoadTestOutcome:
     """Preflight, run (or sweep), write every report form; SLO failures are in the report."""
     ctx = _prepare(spec, project)

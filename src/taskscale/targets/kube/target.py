@@ -53,6 +53,9 @@ METRICS_API = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.i
 POLL_INTERVAL = 1.0
 EXEC_TIMEOUT = 15.0
 REGISTRY_TIMEOUT = 20.0
+# deploy/k8s labels every object it makes (kustomization.yaml `labels`).
+MANAGED_LABEL = "app.kubernetes.io/managed-by"
+MANAGED = f"{MANAGED_LABEL}=taskscale"
 # `logs -f` keeps one streaming request per pod open: past this, name the pod.
 MAX_FOLLOWED_PODS = 20
 # What `docker manifest inspect` says when the registry answers but has no such image.
@@ -439,12 +442,15 @@ class KubernetesTarget(Target):
         return DownResult(target=self.name, stopped=stopped, purged=purge)
 
     def _delete_objects(self, on_step: StepCallback) -> None:
-        """Every object of the kinds ``up`` applies, except the namespace itself; the
-        StatefulSets' PersistentVolumeClaims are not among them and stay."""
+        """Every object ``up`` applied (labelled managed-by taskscale by deploy/k8s), except the
+        namespace itself; the StatefulSets' PersistentVolumeClaims are not among them and stay."""
         kinds = [(k, info) for k, info in manifests.KINDS.items() if info.namespaced]
         kinds.sort(key=lambda item: -item[1].order)  # workloads first, what they use last
         for kind, info in kinds:
-            for obj in self.ns.items(info.plural, info.api_version):
+            for obj in self.ns.items(info.plural, info.api_version, labelSelector=MANAGED):
+                labels = obj["metadata"].get("labels") or {}
+                if f"{MANAGED_LABEL}={labels.get(MANAGED_LABEL)}" != MANAGED:
+                    continue  # not ours (e.g. the namespace's kube-root-ca.crt ConfigMap)
                 name = obj["metadata"]["name"]
                 on_step(f"deleting {kind.lower()}/{name}")
                 self.ns.delete(info.plural, info.api_version, name)
