@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskscale.config import Project, load_project
 from taskscale.targets import get_target, remember_target
 from taskscale.targets.base import Target
-from taskscale.targets.capabilities import Promotion, Replication, Standbys, require
-from taskscale.targets.logstream import LogStream
 from taskscale.targets.model import DownResult, StackStatus, StepCallback, no_steps
+
+if TYPE_CHECKING:  # off every command's start-up path (see docs/architecture.md)
+    from taskscale.targets.capabilities import Promotion, Replication, Standbys
+    from taskscale.targets.logstream import LogStream
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,21 @@ class Stack:
     # ------------------------------------------------------------------ capabilities
 
     def replication(self, command: str = "replicate status") -> Replication:
+        from taskscale.targets.capabilities import require
+
         return require(self.target.replication(), self.target.name, command, self.target.guide)
 
     def standbys(self) -> Standbys:
+        from taskscale.targets.capabilities import require
+
         command = "replicate"
         return require(
             self.replication(command).standbys(), self.target.name, command, self.target.guide
         )
 
     def promotion(self, command: str) -> Promotion:
+        from taskscale.targets.capabilities import require
+
         return require(
             self.replication(command).promotion(), self.target.name, command, self.target.guide
         )
