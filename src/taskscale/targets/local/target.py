@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskscale import binaries, proc
 from taskscale.config import Project
@@ -22,7 +23,6 @@ from taskscale.targets.base import Target, validate_replicas
 from taskscale.targets.local import appenv, migrations, postgres, preload, probes, redis
 from taskscale.targets.local.fleet import Fleet
 from taskscale.targets.local.health import Health, service_order
-from taskscale.targets.local.replication import LocalReplication
 from taskscale.targets.local.router import NAME as ROUTER_NAME
 from taskscale.targets.local.router import NginxRouter, Router
 from taskscale.targets.local.supervisor import ProcessRunner, ProcessSpec, Run, Supervisor
@@ -35,6 +35,9 @@ from taskscale.targets.model import (
     StepCallback,
     no_steps,
 )
+
+if TYPE_CHECKING:
+    from taskscale.targets.local.replication import LocalReplication
 
 READY_POLL = 0.05
 PORT_FREE_TIMEOUT = 5.0
@@ -126,6 +129,10 @@ class LocalTarget(Target):
         return DownResult(target=self.name, stopped=stopped, purged=purge)
 
     def replication(self) -> LocalReplication:
+        # Imported here: it needs psycopg (~0.1 s), which `up` must not pay before the
+        # replica launcher starts, and `down`/`status` never need.
+        from taskscale.targets.local.replication import LocalReplication
+
         return LocalReplication(self.supervisor, self.nodes, self._rollout)
 
     # ------------------------------------------------------------------ up, step by step
