@@ -345,7 +345,7 @@ def test_cli_replicate_status_reads_pg_stat_replication_through_exec(
 def test_replicate_status_when_psql_fails(stack_up: Project, emulator: RunningEmulator) -> None:
     _postgres_pods(emulator)
     emulator.emulator.exec_results["postgres-primary-0"] = ("", "psql: error: no socket\n", 2)
-    status = target(stack_up).replication_status()
+    status = target(stack_up).replication().status()
     assert status.nodes[0].state == "down"
     assert "postgres-primary-0: psql exited 2: psql: error: no socket" in status.notes
     # The standby pod is not in exec_results: the emulator fails that exec too.

@@ -11,7 +11,7 @@ from taskscale.loadgen.channel import decode_records, encode_record
 from taskscale.targets.base import validate_replicas
 from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.loadgen import ROLE_LABEL, _of_role, cpu_cores
-from taskscale.targets.kube.target import normalise_image
+from taskscale.targets.kube.preflight import normalise_image
 
 
 def _objects() -> list[dict[str, Any]]:

@@ -13,14 +13,12 @@ is not automated here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskscale import proc
 from taskscale.config import Project
 from taskscale.errors import (
-    CommandFailed,
     MissingBinary,
     ServiceNotReady,
     TargetError,
@@ -31,6 +29,7 @@ from taskscale.targets.capabilities import Replication
 from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.api import KubeApi, KubeApiError, object_path
 from taskscale.targets.kube.namespace import Namespace
+from taskscale.targets.kube.preflight import ClusterChecks, Runner
 from taskscale.targets.logstream import LogStream
 from taskscale.targets.model import (
     DownResult,
@@ -45,21 +44,14 @@ from taskscale.targets.model import (
 
 if TYPE_CHECKING:
     from taskscale.loadgen.job import LoadGenerator
-    from taskscale.replication.model import ClusterStatus
 
 Flavor = Literal["minikube", "kubernetes"]
-Runner = Callable[..., proc.Completed]
-METRICS_API = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"
 POLL_INTERVAL = 1.0
-EXEC_TIMEOUT = 15.0
-REGISTRY_TIMEOUT = 20.0
 # deploy/k8s labels every object it makes (kustomization.yaml `labels`).
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED = f"{MANAGED_LABEL}=taskscale"
 # `logs -f` keeps one streaming request per pod open: past this, name the pod.
 MAX_FOLLOWED_PODS = 20
-# What `docker manifest inspect` says when the registry answers but has no such image.
-_NOT_IN_REGISTRY = ("no such manifest", "manifest unknown", "not found")
 
 _KIND_OF_COMPONENT: dict[str, ServiceKind] = {
     "app": "app",
@@ -100,7 +92,12 @@ class KubernetesTarget(Target):
         default_context = "minikube" if flavor == "minikube" else None
         self.context = context or settings.context or default_context
         self.overlay = "minikube" if flavor == "minikube" else "production"
-        self._run = runner
+        self.checks = ClusterChecks(
+            flavor,
+            self.context,
+            sorted({project.config.images.app, project.config.images.worker}),
+            runner,
+        )
         self._poll = poll_interval
         self._ns: Namespace | None = None
 
@@ -116,92 +113,6 @@ class KubernetesTarget(Target):
     @property
     def api(self) -> KubeApi:
         return self.ns.api
-
-    # ------------------------------------------------------------------ preflight
-
-    def preflight(self) -> None:
-        """One clear error (with the fix) for each thing that would make ``up`` fail later."""
-        if self.flavor == "minikube":
-            self._check_minikube_running()
-        self.api.request("GET", "/version", timeout=10)
-        if self.api.get_or_none(METRICS_API) is None:
-            fix = (
-                "minikube addons enable metrics-server"
-                if self.flavor == "minikube"
-                else "kubectl apply -f https://github.com/kubernetes-sigs/metrics-server/"
-                "releases/latest/download/components.yaml"
-            )
-            raise TargetError(
-                f"metrics-server is not installed in context {self.api.context}: the app's "
-                "HorizontalPodAutoscaler cannot read CPU usage",
-                hint=f"run `{fix}`",
-            )
-        if self.flavor == "minikube":
-            self._check_images_loaded()
-        else:
-            self._check_images_pullable()
-
-    def _minikube(self, *args: str, timeout: float = 60) -> proc.Completed:
-        try:
-            return self._run(
-                ["minikube", *args, "-p", self.context or "minikube"], timeout=timeout, check=False
-            )
-        except MissingBinary as exc:
-            raise MissingBinary(
-                "minikube is not installed",
-                hint="install it (https://minikube.sigs.k8s.io/docs/start/) or use "
-                "--target kubernetes with any cluster",
-            ) from exc
-
-    def _check_minikube_running(self) -> None:
-        result = self._minikube("status", "--format", "{{.Host}}/{{.APIServer}}")
-        state = result.stdout.strip()
-        if result.returncode != 0 or state != "Running/Running":
-            raise TargetError(
-                f"minikube is not running (status: {state or 'unknown'})",
-                hint="run `minikube start --cni=calico` (calico enforces the NetworkPolicies)",
-            )
-
-    def _check_images_loaded(self) -> None:
-        listed = self._minikube("image", "ls").stdout.split()
-        present = {normalise_image(image) for image in listed}
-        for image in self._project_images():
-            if normalise_image(image) not in present:
-                raise TargetError(
-                    f"image {image} is not in the minikube cluster",
-                    hint=f"build it, then run `minikube image load {image}`",
-                )
-
-    def _project_images(self) -> list[str]:
-        return sorted({self.project.config.images.app, self.project.config.images.worker})
-
-    def _check_images_pullable(self) -> None:
-        """The app image must name a registry the nodes can pull from, and be in it if we can
-        tell (``docker manifest inspect``, when docker is installed; other failures such as no
-        credentials or no network are not proof of absence and pass)."""
-        for image in self._project_images():
-            name = image.partition("@")[0]
-            if "/" not in name:
-                raise TargetError(
-                    f"image {image} is a local-only name: cluster nodes would pull "
-                    f"{normalise_image(image)}, which is not your build",
-                    hint=f"push it to a registry the cluster can pull from (`docker tag {image} "
-                    f"REGISTRY/{name}` then `docker push`), set [images] app and worker in "
-                    "taskscale.toml and the image in deploy/k8s to that reference",
-                )
-            try:
-                result = self._run(
-                    ["docker", "manifest", "inspect", image], timeout=REGISTRY_TIMEOUT, check=False
-                )
-            except (MissingBinary, CommandFailed):
-                continue  # no docker, or the registry did not answer in time: cannot tell
-            said = (result.stderr or result.stdout).strip()
-            if result.returncode != 0 and any(m in said.lower() for m in _NOT_IN_REGISTRY):
-                raise TargetError(
-                    f"image {image} is not in its registry "
-                    f"(docker manifest inspect: {said.splitlines()[0][:160]})",
-                    hint=f"build and push it: `docker push {image}`",
-                )
 
     # ------------------------------------------------------------------ up
 
@@ -222,7 +133,7 @@ class KubernetesTarget(Target):
             cpu_target_percent=settings.cpu_target_percent,
         )
         on_step(f"checking the cluster (context {self.context or 'current'})")
-        self.preflight()
+        self.checks.check(self.api)
         self.apply(objects, on_step)
         self.wait_rollouts(objects, timeout=settings.rollout_timeout, on_step=on_step)
         return self.status()
@@ -273,21 +184,7 @@ class KubernetesTarget(Target):
 
     def check_images(self, pods: list[dict[str, Any]]) -> None:
         """A TargetError (with the fix) when a container of ``pods`` cannot get its image."""
-        problem = rollout.image_problem(pods)
-        if problem is not None:
-            pod, image, reason = problem
-            raise TargetError(
-                f"image {image} is not available to the cluster ({reason} in pod {pod})",
-                hint=self._image_hint(image),
-            )
-
-    def _image_hint(self, image: str) -> str:
-        if self.flavor == "minikube":
-            return f"run `minikube image load {image}` (imagePullPolicy is IfNotPresent)"
-        return (
-            f"push {image} to a registry the cluster can pull from and set [images] in "
-            "taskscale.toml to that reference"
-        )
+        self.checks.check_images(pods)
 
     # ------------------------------------------------------------------ status
 
@@ -374,7 +271,7 @@ class KubernetesTarget(Target):
         forward = f"kubectl -n {self.namespace} port-forward svc/app 8080:80"
         if self.flavor == "minikube":
             try:
-                result = self._minikube("ip", timeout=20)
+                result = self.checks.minikube("ip", timeout=20)
             except MissingBinary:
                 result = None
             if result is not None and result.returncode == 0 and result.stdout.strip():
@@ -492,114 +389,10 @@ class KubernetesTarget(Target):
         )
 
     def replication(self) -> Replication:
-        return _PodReplication(self)
+        """Status only: promotion is manual on this target (docs/kubernetes.md)."""
+        from taskscale.targets.kube.replication import PodReplication
 
-    def replication_status(self) -> ClusterStatus:
-        """Every PostgreSQL pod asked with psql through pod exec (see kube/replication.py)."""
-        from taskscale.replication.model import ClusterStatus
-        from taskscale.targets.kube import replication
-
-        if not self.ns.exists():
-            raise self._not_running()
-        pods = self.ns.items("pods", labelSelector="app.kubernetes.io/name=postgres")
-        pods.sort(key=lambda p: str(p["metadata"]["name"]))
-        by_role: dict[str, list[dict[str, Any]]] = {"primary": [], "standby": []}
-        for pod in pods:
-            role = (pod["metadata"].get("labels") or {}).get("taskscale.dev/role")
-            if role in by_role:
-                by_role[role].append(pod)
-        if not by_role["primary"]:
-            raise TargetError(
-                f"no PostgreSQL primary pod in namespace {self.namespace}",
-                hint=f"see `taskscale status --target {self.name}`",
-            )
-        notes: list[str] = []
-        answers = {p["metadata"]["name"]: self._ask_postgres(p, notes) for p in pods}
-        primary = by_role["primary"][0]
-        primary_name = primary["metadata"]["name"]
-        primary_answer = answers[primary_name]
-        nodes = [replication.primary_node(primary_name, _pod_ip(primary), primary_answer)]
-        senders = primary_answer.senders if primary_answer else {}
-        for pod in by_role["standby"]:
-            name = pod["metadata"]["name"]
-            nodes.append(
-                replication.standby_node(
-                    name,
-                    _pod_ip(pod),
-                    answers[name],
-                    senders.get(_pod_ip(pod)),
-                    primary_answer.info if primary_answer else None,
-                )
-            )
-        if primary_answer is None:
-            notes.append(
-                f"primary {primary_name} does not answer; promotion is manual on this target "
-                "(docs/kubernetes.md)"
-            )
-        return ClusterStatus(
-            target=self.name,
-            primary=primary_name,
-            sync=bool(primary_answer and primary_answer.info.synchronous_standby_names),
-            nodes=nodes,
-            notes=notes,
-        )
-
-    def _ask_postgres(self, pod: dict[str, Any], notes: list[str]) -> Any:
-        from taskscale.targets.kube import replication
-
-        name = pod["metadata"]["name"]
-        phase = (pod.get("status") or {}).get("phase")
-        if phase != "Running":
-            notes.append(f"pod {name} is {phase or 'not scheduled'}")
-            return None
-        try:
-            result = self.api.exec(
-                self.namespace,
-                name,
-                pod["spec"]["containers"][0]["name"],
-                replication.status_command(),
-                timeout=EXEC_TIMEOUT,
-            )
-        except TargetError as exc:
-            notes.append(f"{name}: {exc.message}")
-            return None
-        if result.returncode != 0:
-            said = (result.stderr or result.stdout).strip().splitlines()
-            notes.append(f"{name}: psql exited {result.returncode}: {said[0] if said else ''}")
-            return None
-        try:
-            return replication.parse_answer(result.stdout)
-        except (ValueError, KeyError, TypeError) as exc:
-            notes.append(f"{name}: unexpected psql output ({exc})")
-            return None
-
-
-class _PodReplication(Replication):
-    """Status only: promotion is manual on this target (docs/kubernetes.md)."""
-
-    def __init__(self, target: KubernetesTarget) -> None:
-        self._target = target
-
-    def status(self) -> ClusterStatus:
-        return self._target.replication_status()
-
-
-def normalise_image(image: str) -> str:
-    """``redis`` -> ``docker.io/library/redis:latest``: the form ``minikube image ls`` prints."""
-    name, _, digest = image.partition("@")
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last and not digest:
-        name += ":latest"
-    first = name.split("/", 1)[0]
-    if "/" not in name:
-        name = f"docker.io/library/{name}"
-    elif "." not in first and ":" not in first and first != "localhost":
-        name = f"docker.io/{name}"
-    return f"{name}@{digest}" if digest else name
-
-
-def _pod_ip(pod: dict[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("podIP") or "")
+        return PodReplication(lambda: self.ns, self.name)
 
 
 def _first_port(obj: dict[str, Any]) -> int | None:
