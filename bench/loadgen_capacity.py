@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from taskscale import proc  # noqa: E402
-from taskscale.loadtest.metrics import Recorder  # noqa: E402
+from taskscale.loadgen.metrics import Recorder  # noqa: E402
 from tests.integration.loadtest_servers import StaticNginx  # noqa: E402
 
 SCENARIO = """\

@@ -53,8 +53,8 @@ from taskscale.config import load_project, read_env_file
 from taskscale.errors import TaskscaleError
 from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.ports import move_to_free_ports
-from taskscale.targets.local.replication import Topology
 from taskscale.targets.local.state import StateFile
+from taskscale.targets.local.topology import Topology
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -183,7 +183,7 @@ def streaming_standbys(target: LocalTarget) -> int:
     """Standbys ``streaming`` in pg_stat_replication (read as the superuser: the app role sees
     NULL states there), through the library in this process, so it can be polled often."""
     try:
-        status = target.replication_status()
+        status = target.replication().status()
     except TaskscaleError:
         return 0
     return sum(1 for n in status.standbys if n.state == "streaming")
@@ -304,7 +304,7 @@ def measure_lag(stack: Stack, seconds: float) -> dict[str, Any]:
             timeouts += len(pending)
             if time.monotonic() >= next_lag_probe:
                 next_lag_probe = time.monotonic() + 0.5
-                for node in target.replication_status().standbys:
+                for node in target.replication().status().standbys:
                     replay_lag_max = max(replay_lag_max, node.lag_seconds or 0.0)
             time.sleep(0.01)
         # `taskscale replicate status` under load: what an operator sees.

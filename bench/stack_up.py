@@ -1,12 +1,18 @@
 """Local target timings and throughput, measured in one run on this machine.
 
     python bench/stack_up.py [--runs 5] [--duration 10] [--keep DIR]
+                             [--baseline-src DIR [--ab-only]]
 
 1. ``taskscale up --replicas 3`` to ready, warm (the PostgreSQL data dir exists), and ``down``:
    medians of ``--runs`` CLI invocations (the real command, interpreter start included).
 2. Requests/s through nginx with 1 and with 2 replicas, and straight to one replica (nginx's
    overhead), with ``wrk`` (``apt-get install -y wrk``) on ``GET /healthz`` and on a cached
    ``GET /tasks/{id}``. Without wrk the script says so and skips part 2.
+
+3. With ``--baseline-src DIR`` (the ``src`` directory of another checkout, e.g. ``git worktree
+   add /tmp/base <commit>``): an A/B of warm ``up --replicas 3`` and ``down``, the baseline
+   code (``PYTHONPATH=DIR``) against this one, alternating which goes first in each round, in
+   the same run; and the CLI's bare start of both. ``--ab-only`` skips parts 1 and 2.
 
 A fresh project is generated in a temporary directory with free loopback ports; everything is
 stopped at the end, even on failure.
@@ -38,21 +44,61 @@ from taskscale.targets.local.ports import move_to_free_ports
 CLI = "import sys; from taskscale.cli import main; sys.exit(main())"
 
 
-def taskscale_output(*args: str, project: Path, timeout: float = 300) -> tuple[float, str]:
-    """Run the real CLI in a fresh interpreter; return (wall seconds, stdout)."""
+def taskscale_output(
+    *args: str, project: Path, timeout: float = 300, src: Path | None = None
+) -> tuple[float, str]:
+    """Run the real CLI in a fresh interpreter (``src``: the code of another checkout);
+    return (wall seconds, stdout)."""
+    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
     start = time.perf_counter()
     try:
         result = proc.run(
-            [sys.executable, "-c", CLI, *args, "--project", str(project)], timeout=timeout
+            [sys.executable, "-c", CLI, *args, "--project", str(project)],
+            timeout=timeout,
+            env=env,
         )
     except CommandFailed as exc:
         raise SystemExit(f"taskscale {' '.join(args)} failed: {exc}\n{exc.detail}") from exc
     return time.perf_counter() - start, result.stdout
 
 
-def taskscale(*args: str, project: Path, timeout: float = 300) -> float:
+def taskscale(*args: str, project: Path, timeout: float = 300, src: Path | None = None) -> float:
     """Run the real CLI; return its wall time in seconds."""
-    return taskscale_output(*args, project=project, timeout=timeout)[0]
+    return taskscale_output(*args, project=project, timeout=timeout, src=src)[0]
+
+
+def cli_start(src: Path | None) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+    start = time.perf_counter()
+    proc.run([sys.executable, "-c", "from taskscale.cli import main"], timeout=60, env=env)
+    return time.perf_counter() - start
+
+
+def ab(project: Path, baseline: Path, runs: int) -> dict[str, object]:
+    """Warm ``up --replicas 3`` / ``down`` and the CLI's start, baseline vs this code,
+    alternating which goes first each round."""
+    times: dict[str, dict[str, list[float]]] = {
+        side: {"up": [], "down": [], "start": []} for side in ("baseline", "this")
+    }
+    sources = {"baseline": baseline, "this": None}
+    taskscale("up", "--replicas", "3", project=project)  # warm: data dir and migrations
+    taskscale("down", project=project)
+    for round_ in range(runs):
+        order = ["baseline", "this"] if round_ % 2 == 0 else ["this", "baseline"]
+        for side in order:
+            src = sources[side]
+            times[side]["up"].append(taskscale("up", "--replicas", "3", project=project, src=src))
+            times[side]["down"].append(taskscale("down", project=project, src=src))
+            times[side]["start"].append(cli_start(src))
+    summary: dict[str, object] = {}
+    for side, measures in times.items():
+        for measure, values in measures.items():
+            median = statistics.median(values)
+            summary[f"{side}_{measure}_median_s"] = round(median, 2)
+            summary[f"{side}_{measure}_runs_s"] = [round(v, 2) for v in values]
+            print(f"A/B {side:8} {measure:5}: median {median:.2f} s  runs "
+                  f"{[round(v, 2) for v in values]}")  # fmt: skip
+    return summary
 
 
 @contextlib.contextmanager
@@ -101,10 +147,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--keep", type=Path, help="reuse/keep a project under this directory")
+    parser.add_argument("--baseline-src", type=Path, help="src/ of the code to compare with")
+    parser.add_argument("--ab-only", action="store_true", help="only the A/B (part 3)")
     args = parser.parse_args()
     results: dict[str, object] = {"loadavg_before": [round(x, 2) for x in os.getloadavg()]}
 
     with project_dir(args.keep) as project:
+        if args.baseline_src is not None:
+            results["ab"] = ab(project, args.baseline_src.resolve(), args.runs)
+            if args.ab_only:
+                results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+                print(json.dumps(results, indent=2))
+                return
         cold = taskscale("up", "--replicas", "3", project=project)
         taskscale("down", project=project)
         ups, downs = [], []

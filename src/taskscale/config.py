@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from taskscale.errors import ConfigError, ProjectNotFound, UsageError
+from taskscale.errors import ConfigError, ProjectNotFound, TaskscaleError, UsageError
 
 CONFIG_FILE = "taskscale.toml"
 # Ports reserved for standbys: more than replication.plan.MAX_STANDBYS, because a node's port
@@ -173,6 +175,10 @@ class Project:
             self._secrets = read_env_file(self.env_file)
         return dict(self._secrets)
 
+    def credentials(self) -> Credentials:
+        """The typed credentials of ``.env`` (see ``Credentials``)."""
+        return Credentials.from_env(self.secrets(), self.config)
+
 
 def find_project_root(start: Path) -> Path:
     """The nearest directory at or above ``start`` holding taskscale.toml."""
@@ -224,3 +230,62 @@ def read_env_file(path: Path) -> dict[str, str]:
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip().strip('"').strip("'")
     return values
+
+
+# .env keys of the generated secrets (taskscale new writes them).
+_CREDENTIAL_KEYS = {
+    "postgres_user": "POSTGRES_USER",
+    "postgres_password": "POSTGRES_PASSWORD",
+    "postgres_db": "POSTGRES_DB",
+    "replication_user": "REPLICATION_USER",
+    "replication_password": "REPLICATION_PASSWORD",
+    "redis_password": "REDIS_PASSWORD",
+    "secret_key": "SECRET_KEY",
+}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The project's database and cache credentials, read once from ``.env``.
+
+    Names default to taskscale.toml's ``[postgres]`` settings (and ``replicator``); a missing
+    secret is "" and ``required`` turns it into one clear error where it is needed."""
+
+    postgres_user: str
+    postgres_password: str
+    postgres_db: str
+    replication_user: str
+    replication_password: str
+    redis_password: str
+    secret_key: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], config: ProjectConfig) -> Credentials:
+        defaults = {
+            "postgres_user": config.postgres.user,
+            "postgres_db": config.postgres.database,
+            "replication_user": "replicator",
+        }
+        return cls(
+            **{
+                attr: env.get(key) or defaults.get(attr, "")
+                for attr, key in _CREDENTIAL_KEYS.items()
+            }
+        )
+
+    def required(self, attr: str) -> str:
+        """The value of ``attr`` (e.g. ``redis_password``), or an error naming its .env key."""
+        value = str(getattr(self, attr))
+        if not value:
+            raise TaskscaleError(
+                f".env has no {_CREDENTIAL_KEYS[attr]}",
+                hint="restore the project's .env (taskscale new writes it)",
+            )
+        return value
+
+    def database_url(self, port: int, *, host: str = "127.0.0.1") -> str:
+        """The app's SQLAlchemy URL for the database on ``host:port``."""
+        return (
+            f"postgresql+psycopg://{self.postgres_user}:{self.postgres_password}"
+            f"@{host}:{port}/{self.postgres_db}"
+        )

@@ -27,6 +27,11 @@ def success(message: str) -> None:
     err.print(f"[green]{message}[/green]")
 
 
+def note(message: str) -> None:
+    """Information a reader should see (not a problem): ``note: ...`` on stderr."""
+    err.print(f"[dim]note:[/dim] {_escape(message)}")
+
+
 def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {message}", markup=True)
 

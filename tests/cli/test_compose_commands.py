@@ -66,9 +66,10 @@ def test_local_only_replication_actions(run_cli: CliRunner, generated: Path, act
         "replicate", action, *extra, "--target", "compose", "--project", str(generated)
     )
     assert result.exit_code == 6, result.stderr
-    assert f"replicate {action} runs on the local target only" in one_error_line(
-        result.stderr, detail=True
-    )
+    line = one_error_line(result.stderr, detail=True)
+    # The message every target gives for a capability it lacks, and where to read what it has.
+    assert f"`taskscale replicate {action}` is not supported on the compose target" in line
+    assert "see docs/compose.md" in line
 
 
 def test_unknown_target(run_cli: CliRunner, generated: Path) -> None:

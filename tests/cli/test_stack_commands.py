@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from taskscale.targets.local.state import ServiceRecord, StackState, StateFile
 from tests.cli.conftest import write_minimal_project
-from tests.conftest import CliRunner, one_error_line
+from tests.conftest import CliRunner, dead_pid, one_error_line
 
 
 @pytest.mark.parametrize("command", ["up", "status", "logs", "down"])
@@ -80,9 +81,23 @@ def test_logs_of_unknown_service_lists_valid_names(run_cli: CliRunner, mini_proj
     logs = mini_project / ".taskscale" / "logs"
     logs.mkdir(parents=True)
     (logs / "redis.log").write_text("ready\n")
+    # Recorded (here: crashed) services are a stack whose logs can be read.
+    record = ServiceRecord("redis", "redis", dead_pid(), 1, str(logs / "redis.log"), ["redis"])
+    StateFile(mini_project / ".taskscale").save(StackState({"redis": record}))
     result = run_cli("logs", "nope", "--project", str(mini_project))
     assert result.exit_code == 2
     assert "unknown service 'nope': choose one of redis" in one_error_line(result.stderr)
     result = run_cli("logs", "redis", "--project", str(mini_project))
     assert result.exit_code == 0
     assert result.stdout.strip() == "ready"
+
+
+def test_logs_of_a_stack_that_is_not_running(run_cli: CliRunner, mini_project: Path) -> None:
+    logs = mini_project / ".taskscale" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "redis.log").write_text("ready\n")
+    result = run_cli("logs", "redis", "--project", str(mini_project))
+    assert result.exit_code == 6
+    line = one_error_line(result.stderr)
+    assert "the stack is not running" in line and str(logs) in line
+    assert result.stdout == ""

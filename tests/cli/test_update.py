@@ -20,10 +20,10 @@ from taskscale.config import load_config
 from taskscale.scaffold import transaction
 from taskscale.scaffold import update as update_module
 from taskscale.scaffold.answers import answer_keys, project_config
-from taskscale.scaffold.new import SECRET_KEYS, env_file_text, generate_secrets
 from taskscale.scaffold.record import RECORD_FILE, Record, read_record, write_record
 from taskscale.scaffold.releases import Catalog, archive_template, default_catalog, digest
 from taskscale.scaffold.render import template_root
+from taskscale.scaffold.values import SECRET_KEYS, env_file_text, generate_secrets
 from tests.conftest import CliRunner, one_error_line
 from tests.unit.test_releases import V010_TEMPLATE
 from tests.unit.test_update_transaction import fail_on_replace, snapshot

@@ -25,8 +25,8 @@ import pytest
 from taskscale import proc
 from taskscale.config import load_project, read_env_file
 from taskscale.targets.local import LocalTarget
-from taskscale.targets.local.replication import LocalCluster, Topology
 from taskscale.targets.local.state import StateFile
+from taskscale.targets.local.topology import Topology
 from tests.client_loop import looping_clients
 from tests.conftest import CliRunner
 
@@ -85,6 +85,11 @@ def test_replication_lifecycle(
     with looping_clients(api, "/tasks/", params={"limit": 5}, clients=2) as loop:
         data = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
     assert loop.errors == [], loop.errors[:5]
+    # The rollout moved the replicas to the other slot; their names stay app-1..N.
+    services = _json(run_cli, "status", "--json", *p)["services"]
+    apps = [(s["name"], s["slot"]) for s in services if s["kind"] == "app"]
+    assert apps == [("app-1", "green"), ("app-2", "green")], apps
+    assert "green" in run_cli("status", *p).stdout
     nodes = _nodes(data)
     assert [n for n in nodes.values() if n["role"] == "primary"] == [nodes["postgres"]]
     standbys = [n for n in nodes.values() if n["role"] == "standby"]
@@ -126,7 +131,7 @@ def test_replication_lifecycle(
     assert healthy.exit_code != 0 and "healthy" in healthy.stderr
 
     # A standby whose replay is paused falls behind: switchover to it is refused.
-    cluster = LocalCluster(LocalTarget(load_project(project)))
+    cluster = LocalTarget(load_project(project)).replication()
     with cluster.node("postgres-3").connect() as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
     with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:

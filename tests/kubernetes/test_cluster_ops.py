@@ -5,6 +5,7 @@ errors of each, against kmock's emulator. Nothing runs there: FakeLocust plays t
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ import pytest
 from taskscale import proc
 from taskscale.config import Project
 from taskscale.errors import MissingBinary, TargetError
-from taskscale.loadtest.channel import encode_record
-from taskscale.loadtest.metrics import Recorder
+from taskscale.loadgen.channel import encode_record
+from taskscale.loadgen.metrics import Recorder
 from taskscale.loadtest.service import run_loadtest
 from taskscale.loadtest.spec import LoadTestSpec
 from taskscale.targets.kube import loadgen
+from tests.cli.test_signals import EXPECTED, interrupt, start_cli
 from tests.conftest import CliRunner
 from tests.kubernetes.conftest import APP_IMAGE, FakeController, needs_kubectl
 from tests.kubernetes.emulator import RunningEmulator
@@ -181,7 +183,7 @@ def test_cli_loadtest_in_the_cluster_reports_and_gates(
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TASKSCALE_LOADTEST_STDOUT"] == "1" and env["TASKSCALE_SCENARIO"] == "mixed"
     (config_map,) = fake.objects["configmaps"][-1:]
-    plugin = Path(loadgen.__file__).parents[2] / "loadtest" / "locust_plugin.py"
+    plugin = Path(loadgen.__file__).parents[2] / "loadgen" / "locust_plugin.py"
     assert config_map["data"]["locust_plugin.py"] == plugin.read_text()
     assert _leftovers(emulator) == [], "the run's Jobs, Service and ConfigMap are deleted"
 
@@ -343,7 +345,7 @@ def test_cli_replicate_status_reads_pg_stat_replication_through_exec(
 def test_replicate_status_when_psql_fails(stack_up: Project, emulator: RunningEmulator) -> None:
     _postgres_pods(emulator)
     emulator.emulator.exec_results["postgres-primary-0"] = ("", "psql: error: no socket\n", 2)
-    status = target(stack_up).replication_status()
+    status = target(stack_up).replication().status()
     assert status.nodes[0].state == "down"
     assert "postgres-primary-0: psql exited 2: psql: error: no socket" in status.notes
     # The standby pod is not in exec_results: the emulator fails that exec too.
@@ -457,7 +459,28 @@ def test_logs_follow_bad_input(
     assert "unknown component 'nginx'" in _one_error_line(result.stderr)
     for name in ("app-a", "app-b"):
         add_pod(emulator, name, {"app.kubernetes.io/name": "app"}, phase="Running")
-    monkeypatch.setattr("taskscale.targets.kubernetes.MAX_FOLLOWED_PODS", 1)
+    monkeypatch.setattr("taskscale.targets.kube.target.MAX_FOLLOWED_PODS", 1)
     result = run_cli(*args, "app")
     assert result.exit_code == 2
     assert "--follow streams at most 1 pods; app has 2" in _one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_loadtest_signalled_in_a_real_process_cleans_up(
+    stack_up: Project, emulator: RunningEmulator, sig: signal.Signals
+) -> None:
+    """SIGTERM (a CI runner cancelling) cleans up exactly like Ctrl-C: Jobs, Service and
+    ConfigMap are deleted, one line, exit 143 (130)."""
+    process = start_cli(
+        "loadtest", "--target", "kubernetes", "--context", "kmock", "-p", str(stack_up.root),
+        "--processes", "1", "-d", "30s",
+    )  # fmt: skip
+    try:
+        assert proc.poll_until(
+            lambda: {loadgen.MASTER, loadgen.WORKER, loadgen.NAME} <= set(_leftovers(emulator)),
+            30,
+        ), _leftovers(emulator)
+    finally:
+        code, stderr = interrupt(process, sig)
+    assert (code, stderr) == (EXPECTED[sig][0], [EXPECTED[sig][1]])
+    assert _leftovers(emulator) == [], "the run's Jobs, Service and ConfigMap are deleted"

@@ -17,12 +17,13 @@ from taskscale.config import Project, load_project
 from taskscale.errors import ConfigError, MissingBinary, ServiceNotReady, TargetError, UsageError
 from taskscale.targets import get_target
 from taskscale.targets.kube import rollout
-from taskscale.targets.kubernetes import KubernetesTarget
+from taskscale.targets.kube.target import KubernetesTarget
 from tests.conftest import CliRunner
 from tests.kubernetes.conftest import APP_IMAGE, APPLY, FakeController, needs_kubectl
 from tests.kubernetes.emulator import RunningEmulator
 
 pytestmark = [pytest.mark.kubernetes, needs_kubectl]
+PVC = "data-postgres-primary-0"
 
 
 def _in_registry(argv: list[str], *, timeout: float, check: bool = True) -> proc.Completed:
@@ -269,12 +270,49 @@ def test_down_deletes_the_namespace_and_waits_until_it_is_gone(
         target(k8s_project).up(1)
     emulator.emulator.terminating_gets = 3
     steps: list[str] = []
-    result = target(k8s_project).down(on_step=steps.append)
+    result = target(k8s_project).down(purge=True, on_step=steps.append)
     assert result.purged and "app" in result.stopped and "postgres-primary" in result.stopped
     assert "tasks-api" not in emulator.emulator.namespaces
     assert steps[-1] == "waiting for namespace tasks-api to be gone"
     again = target(k8s_project).down()
     assert again.stopped == [] and not again.purged, "down is safe to repeat"
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_down_without_purge_keeps_the_volumes(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    """``down`` means the same on every target: stop everything, keep the data."""
+    with controller:
+        target(k8s_project).up(1)
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": PVC, "namespace": "tasks-api"},
+        "spec": {"accessModes": ["ReadWriteOnce"]},
+    }
+    url = f"{emulator.url}/api/v1/namespaces/tasks-api/persistentvolumeclaims/{PVC}"
+    httpx.patch(url, json=pvc, headers=APPLY).raise_for_status()
+    # Not taskscale's (every namespace gets one): down leaves it alone.
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-root-ca.crt", "namespace": "tasks-api"},
+    }
+    url = f"{emulator.url}/api/v1/namespaces/tasks-api/configmaps/kube-root-ca.crt"
+    httpx.patch(url, json=foreign, headers=APPLY).raise_for_status()
+    steps: list[str] = []
+    result = target(k8s_project).down(on_step=steps.append)
+    assert not result.purged and "app" in result.stopped and "postgres-primary" in result.stopped
+    for plural in ("deployments", "statefulsets", "jobs", "services", "secrets"):
+        assert emulator.objects(plural) == [], plural
+    assert [o["metadata"]["name"] for o in emulator.objects("configmaps")] == ["kube-root-ca.crt"]
+    assert "tasks-api" in emulator.emulator.namespaces
+    assert [o["metadata"]["name"] for o in emulator.objects("persistentvolumeclaims")] == [PVC]
+    assert "deleting deployment/app" in steps
+    assert target(k8s_project).status().services == []
+    purged = target(k8s_project).down(purge=True)
+    assert purged.purged and "tasks-api" not in emulator.emulator.namespaces
 
 
 @pytest.mark.usefixtures("metrics_server")
@@ -285,7 +323,7 @@ def test_down_times_out_on_a_stuck_namespace(
         target(k8s_project).up(1)
     emulator.emulator.terminating_gets = -1
     with pytest.raises(TargetError) as info:
-        target(k8s_project).down()
+        target(k8s_project).down(purge=True)
     assert info.value.message == "namespace tasks-api is still terminating after 3s"
 
 
@@ -421,3 +459,15 @@ def test_kubectl_missing(k8s_project: Project, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(MissingBinary) as info:
         target(k8s_project).up(1)
     assert info.value.message.startswith("kubectl is not installed")
+
+
+def test_logs_of_a_stack_that_is_not_up(
+    run_cli: CliRunner, k8s_project: Project, emulator: RunningEmulator
+) -> None:
+    args = ["logs", "--target", "kubernetes", "--context", "kmock", "-p", str(k8s_project.root)]
+    result = run_cli(*args)
+    assert result.exit_code == 6
+    assert result.stderr.strip().startswith(
+        "error: the stack is not running: namespace tasks-api does not exist"
+    )
+    assert result.stdout == ""

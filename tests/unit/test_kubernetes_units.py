@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from taskscale.errors import ConfigError, TargetError, UsageError
-from taskscale.loadtest.channel import decode_records, encode_record
+from taskscale.loadgen.channel import decode_records, encode_record
 from taskscale.targets.base import validate_replicas
 from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.loadgen import ROLE_LABEL, _of_role, cpu_cores
-from taskscale.targets.kubernetes import normalise_image
+from taskscale.targets.kube.preflight import normalise_image
 
 
 def _objects() -> list[dict[str, Any]]:

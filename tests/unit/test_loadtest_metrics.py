@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from taskscale.loadtest import summary
-from taskscale.loadtest.metrics import (
+from taskscale.loadgen.metrics import (
     Recorder,
     RunMetrics,
     decode,
     encode,
     new_histogram,
 )
+from taskscale.loadtest import summary
 from taskscale.loadtest.summary import summarize
 
 T0 = 1_700_000_000.0
@@ -129,7 +129,7 @@ def test_huge_latency_is_clamped_not_lost() -> None:
 
 
 def test_generator_saturation_judgement() -> None:
-    from taskscale.loadtest.runner import judge_generator
+    from taskscale.loadgen.job import judge_generator
 
     idle = judge_generator(
         [0, 50, 40, 45, 50, 5], [0, 25, 20, 25, 25, 3], [0, 90, 80, 85, 90, 10], processes=2, cpus=2
@@ -153,7 +153,7 @@ def test_generator_saturation_judgement() -> None:
 
 
 def test_generator_starved_on_a_busy_machine_counts_as_saturated() -> None:
-    from taskscale.loadtest.runner import judge_generator
+    from taskscale.loadgen.job import judge_generator
 
     starved = judge_generator(
         [0, 86, 85, 86, 87, 5], [0, 86, 85, 86, 87, 5], [200] * 6, processes=1, cpus=2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -13,13 +12,16 @@ from taskscale.config import Project
 from taskscale.loadtest import service
 from taskscale.loadtest.spec import LoadTestSpec
 from taskscale.report.model import Report
-from taskscale.targets.base import (
+from taskscale.targets.base import Target
+from taskscale.targets.logstream import LogStream
+from taskscale.targets.model import (
     DownResult,
     Endpoints,
+    ProcessDetail,
     ServiceStatus,
     StackStatus,
     StepCallback,
-    Target,
+    no_steps,
 )
 
 
@@ -31,7 +33,14 @@ class FakeTarget(Target):
         self.scaled: list[int] = []
 
     def _status(self) -> StackStatus:
-        app = ServiceStatus(name="app-1", kind="app", pid=1, port=1, healthy=True, state="running")
+        app = ServiceStatus(
+            name="app-1",
+            kind="app",
+            port=1,
+            healthy=True,
+            state="running",
+            detail=ProcessDetail(pid=1),
+        )
         return StackStatus(
             target=self.name,
             project="p",
@@ -40,7 +49,7 @@ class FakeTarget(Target):
             endpoints=self.endpoints(),
         )
 
-    def up(self, replicas: int, on_step: StepCallback = service._no_step) -> StackStatus:
+    def up(self, replicas: int, on_step: StepCallback = no_steps) -> StackStatus:
         self.scaled.append(replicas)
         self.replicas = replicas
         return self._status()
@@ -48,10 +57,10 @@ class FakeTarget(Target):
     def status(self) -> StackStatus:
         return self._status()
 
-    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
-        return iter(())
+    def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
+        return LogStream([], follow=follow, prefix=False)
 
-    def down(self, purge: bool = False, on_step: StepCallback = service._no_step) -> DownResult:
+    def down(self, purge: bool = False, on_step: StepCallback = no_steps) -> DownResult:
         return DownResult(target=self.name, stopped=[], purged=purge)
 
     def endpoints(self) -> Endpoints:

@@ -10,7 +10,7 @@ from taskscale.errors import UsageError
 from taskscale.proc import file_tail as log_tail
 from taskscale.targets.base import validate_replicas
 from taskscale.targets.local import migrations, postgres, redis
-from taskscale.targets.local.target import replica_index, replica_name
+from taskscale.targets.local.fleet import replica_index, replica_name
 
 
 @pytest.mark.parametrize("bad", [0, -1, 17])

@@ -16,7 +16,8 @@ import yaml
 from taskscale.config import ProjectConfig, load_config
 from taskscale.errors import TaskscaleError
 from taskscale.scaffold import NewProjectSpec, create_project, render_tree, template_root
-from taskscale.scaffold.new import default_config, template_context
+from taskscale.scaffold.new import default_config
+from taskscale.scaffold.values import template_context
 
 BROKERS = ["redis", "kafka"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from taskscale.errors import UsageError
+from taskscale.loadgen.metrics import Recorder, RunMetrics
 from taskscale.loadtest.compare import compare
-from taskscale.loadtest.metrics import Recorder, RunMetrics
 from taskscale.loadtest.service import build_report, rerender_run, sweep_summary
 from taskscale.loadtest.slo import parse_slo
 from taskscale.report import HISTOGRAMS_FILE, read_report, write_all

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import atexit
 import gc
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import typer
 
@@ -68,31 +73,76 @@ def _root(
     state.verbose = verbose
 
 
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM arrived: unwinds like KeyboardInterrupt, so every ``finally``
+    and ``except BaseException`` cleanup runs, and ``main`` exits 128 + the signal number.
+
+    A BaseException, not a KeyboardInterrupt: Typer turns a KeyboardInterrupt into a silent
+    exit, and no library code may swallow it with ``except Exception``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def message(self) -> str:
+        return "interrupted" if self.signum == signal.SIGINT else "terminated (SIGTERM)"
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` once; a second signal while the first one's
+    cleanup runs is ignored (cleanup is bounded by its own timeouts). Handlers are restored
+    afterwards, so calling ``main`` in-process (tests) leaves the caller's handlers alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if raised:
+            return
+        raised.append(signum)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn every TaskscaleError into one red line and its exit code."""
     try:
-        # Outside standalone mode Typer returns the exit code of a typer.Exit raised inside a
-        # command, and turns Ctrl-C into Exit(130): pass those on instead of exiting 0.
-        returned = app(args=argv, prog_name="taskscale", standalone_mode=False)
-        if returned == 130:
-            console.error_line("interrupted")
-        if isinstance(returned, int):
-            return returned
+        with _signals_interrupt():
+            code = app(args=argv, prog_name="taskscale", standalone_mode=False)
     except TaskscaleError as exc:
         if state.verbose:
             console.err.print_exception()
         console.error_line(exc.message, hint=exc.hint, detail=exc.detail)
         return exc.exit_code
+    except Interrupted as exc:
+        console.error_line(exc.message)
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        console.error_line("aborted")
-        return 130
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         console.error_line("interrupted")
         return 130
     except Exception as exc:  # click usage errors and anything unexpected
         return _handle_other(exc)
+    # Typer returns (rather than raises) the exit code of a command that raised typer.Exit,
+    # e.g. 130 for a KeyboardInterrupt it caught itself.
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            console.error_line("interrupted")
+        return code
     return 0
 
 

@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from taskscale.config import Project, load_project
-
 
 @dataclass
 class _State:
@@ -30,10 +28,6 @@ ProjectDir = Annotated[
 ]
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def project_from(path: Path | None) -> Project:
-    return load_project(path)
 
 
 TargetName = Annotated[

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import get_target
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
+from taskscale.stack import open_stack
 
 
 def command(
@@ -22,14 +22,11 @@ def command(
     json_output: JsonFlag = False,
 ) -> None:
     """Stop nginx, the worker, the replicas, Redis and PostgreSQL; free every port."""
-    proj = project_from(project)
-    stack = get_target(target, proj, context=context)
+    stack = open_stack(project, target, context)
     with console.progress("stopping the stack") as step:
-        result = stack.down(purge=purge, on_step=step)
+        result = stack.down(purge, on_step=step)
     if json_output:
-        console.print_json(
-            {"target": result.target, "stopped": result.stopped, "purged": result.purged}
-        )
+        console.print_json(result.to_dict())
         return
     if result.stopped:
         console.success(f"stopped: {', '.join(result.stopped)}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
 
 from taskscale import console
-from taskscale.cli.common import KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import get_target
+from taskscale.cli.common import KubeContext, ProjectDir, TargetName
+from taskscale.stack import open_stack
 
 
 def command(
@@ -27,9 +28,9 @@ def command(
     context: KubeContext = None,
 ) -> None:
     """Print a service's log (or every log, prefixed by service name)."""
-    lines = get_target(target, project_from(project), context=context).logs(service, tail, follow)
-    try:
+    lines = open_stack(project, target, context).logs(service, tail, follow)
+    # Ctrl-C ends `-f` like any command (exit 130, one line); closing the stream as the
+    # interrupt unwinds stops its readers and closes what they read.
+    with contextlib.closing(lines):
         for line in lines:
             console.print_text(line)
-    except KeyboardInterrupt:
-        return

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def render_report(report: Report, run_dir: Path, *, json_output: bool) -> None:
-    from taskscale.report.tables import all_tables, headline, warnings
+    from taskscale.report.tables import all_tables, headline
 
     if json_output:
         console.print_json(report.to_json_dict())
@@ -20,6 +20,14 @@ def render_report(report: Report, run_dir: Path, *, json_output: bool) -> None:
     console.info(headline(report))
     for data in all_tables(report):
         console.table(data.title, data.columns, data.rows)
-    for warning in warnings(report):
-        console.warn(warning)
+    # A saturated generator makes the numbers a lower bound: that is a warning. Everything else
+    # (where Locust ran, missing worker dumps, an unreached rate) is information for the reader.
+    generator = report.generator
+    if generator is not None and generator.note:
+        if generator.saturated:
+            console.warn(f"GENERATOR SATURATED: {generator.note}")
+        else:
+            console.note(generator.note)
+    for item in report.notes:
+        console.note(item)
     console.info(f"Reports: {run_dir}/report.html (also report.md, report.json, junit.xml)")

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
 from taskscale.replication import plan
 from taskscale.replication.model import ClusterStatus, ReplicationChange
-from taskscale.targets import get_target
+from taskscale.stack import open_stack
 
 app = typer.Typer(
     name="replicate",
@@ -50,9 +50,9 @@ def replicate(
     """Create N hot standbys of the primary, wait until they stream, point reads at them."""
     if ctx.invoked_subcommand is not None:
         return
-    stack = get_target(target, project_from(project), context=context)
+    standbys = open_stack(project, target, context).standbys()
     with console.progress("replicating") as step:
-        change = stack.replicate(replicas, sync, on_step=step)
+        change = standbys.replicate(replicas, sync, on_step=step)
     _render_change(change, json_output)
 
 
@@ -68,9 +68,9 @@ def status(
     ] = None,
 ) -> None:
     """Every node: role, state, timeline, LSNs, lag in bytes and seconds, sync state, slot."""
-    stack = get_target(target, project_from(project), context=context)
+    replication = open_stack(project, target, context).replication()
     while True:
-        cluster = stack.replication_status()
+        cluster = replication.status()
         if json_output:
             console.print_json(cluster.to_dict())
         else:
@@ -93,9 +93,9 @@ def switchover(
     json_output: JsonFlag = False,
 ) -> None:
     """Planned role swap without data loss: the old primary becomes a standby."""
-    stack = get_target(target, project_from(project), context=context)
+    promotion = open_stack(project, target, context).promotion("replicate switchover")
     with console.progress(f"switching over to {to}") as step:
-        change = stack.switchover(to, max_lag, on_step=step)
+        change = promotion.switchover(to, max_lag, on_step=step)
     _render_change(change, json_output)
 
 
@@ -113,9 +113,9 @@ def failover(
     json_output: JsonFlag = False,
 ) -> None:
     """The primary is down: promote a standby and point the app and other standbys at it."""
-    stack = get_target(target, project_from(project), context=context)
+    promotion = open_stack(project, target, context).promotion("replicate failover")
     with console.progress("failing over") as step:
-        change = stack.failover(to, force, on_step=step)
+        change = promotion.failover(to, force, on_step=step)
     _render_change(change, json_output)
 
 
@@ -128,9 +128,9 @@ def rejoin(
     json_output: JsonFlag = False,
 ) -> None:
     """Bring a node back as a standby of the current primary (pg_rewind when it diverged)."""
-    stack = get_target(target, project_from(project), context=context)
+    promotion = open_stack(project, target, context).promotion("replicate rejoin")
     with console.progress(f"rejoining {node}") as step:
-        change = stack.rejoin(node, on_step=step)
+        change = promotion.rejoin(node, on_step=step)
     _render_change(change, json_output)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import get_target
-from taskscale.targets.base import StackStatus
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
+from taskscale.stack import open_stack
+from taskscale.targets.model import PodsDetail, ProcessDetail, ServiceStatus, StackStatus
 
 
 def command(
@@ -15,7 +15,7 @@ def command(
     json_output: JsonFlag = False,
 ) -> None:
     """Show every service of the stack: pid, port, health, uptime, and the endpoints."""
-    status = get_target(target, project_from(project), context=context).status()
+    status = open_stack(project, target, context).status()
     if json_output:
         console.print_json(status.to_dict())
         return
@@ -41,33 +41,20 @@ def render(status: StackStatus) -> None:
         for note in status.notes:
             console.info(note)
         return
-    if any(s.desired is not None for s in status.services):
+    title = f"{status.project} on {status.target}"
+    details = [s.detail for s in status.services]
+    if all(isinstance(d, PodsDetail) for d in details):
         # Kubernetes: a service is several pods; show ready/desired instead of a pid.
-        console.table(
-            f"{status.project} on {status.target}",
-            ["service", "kind", "pods", "port", "state", "healthy", "age"],
-            [
-                [
-                    s.name,
-                    s.kind,
-                    f"{s.ready}/{s.desired}",
-                    s.port,
-                    s.state,
-                    s.healthy,
-                    _uptime(s.uptime_seconds),
-                ]
-                for s in status.services
-            ],
-        )
+        columns = ["service", "kind", "pods", "port", "state", "healthy", "age"]
+        rows = [[s.name, s.kind, _pods(s), s.port, *_health(s)] for s in status.services]
+    elif any(isinstance(d, ProcessDetail) and d.slot for d in details):
+        # Local: app replicas keep their names (app-1..N); the slot says which port set.
+        columns = ["service", "kind", "pid", "slot", "port", "state", "healthy", "uptime"]
+        rows = [[s.name, s.kind, s.pid, _slot(s), s.port, *_health(s)] for s in status.services]
     else:
-        console.table(
-            f"{status.project} on {status.target}",
-            ["service", "kind", "pid", "port", "state", "healthy", "uptime"],
-            [
-                [s.name, s.kind, s.pid, s.port, s.state, s.healthy, _uptime(s.uptime_seconds)]
-                for s in status.services
-            ],
-        )
+        columns = ["service", "kind", "pid", "port", "state", "healthy", "uptime"]
+        rows = [[s.name, s.kind, s.pid, s.port, *_health(s)] for s in status.services]
+    console.table(title, columns, rows)
     console.print_text(f"API: {status.endpoints.api}")
     for name, url in status.endpoints.extra.items():
         console.print_text(f"{name}: {url}")
@@ -77,3 +64,17 @@ def render(status: StackStatus) -> None:
         if service.state == "dead":
             console.warn(f"{service.name} is dead; last lines of its log:")
             console.print_text(service.log_tail or "(empty log)")
+
+
+def _health(service: ServiceStatus) -> list[object]:
+    return [service.state, service.healthy, _uptime(service.uptime_seconds)]
+
+
+def _pods(service: ServiceStatus) -> str | None:
+    detail = service.detail
+    return f"{detail.ready}/{detail.desired}" if isinstance(detail, PodsDetail) else None
+
+
+def _slot(service: ServiceStatus) -> str | None:
+    detail = service.detail
+    return detail.slot if isinstance(detail, ProcessDetail) else None

@@ -8,8 +8,8 @@ import typer
 
 from taskscale import console
 from taskscale.cli import status as status_cli
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, project_from
-from taskscale.targets import get_target, remember_target
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
+from taskscale.stack import open_stack
 
 
 def command(
@@ -28,12 +28,9 @@ def command(
     json_output: JsonFlag = False,
 ) -> None:
     """Start the stack (PostgreSQL, Redis, N app replicas, worker, nginx) or change it to N."""
-    proj = project_from(project)
-    wanted = replicas if replicas is not None else proj.config.stack.replicas
-    stack = get_target(target, proj, context=context)
+    stack = open_stack(project, target, context)
     with console.progress("bringing the stack up") as step:
-        result = stack.up(wanted, on_step=step)
-    remember_target(proj, stack.name)
+        result = stack.up(replicas, on_step=step)
     if json_output:
         console.print_json(result.to_dict())
         return

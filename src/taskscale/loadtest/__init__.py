@@ -1,6 +1,5 @@
-"""Load tests: Locust runs with exact HDR latencies, SLO gates, baselines and replica sweeps.
+"""Load tests: validated specs, SLO gates, baselines and replica sweeps over a target's stack.
 
-Deliberately empty: ``locust_plugin`` imports ``taskscale.loadtest.metrics`` inside every Locust
-process, and must not pull the runner (or itself, a second time) in through this package.
 Import from the submodules: ``service`` (run_loadtest, rerender_run), ``spec`` (LoadTestSpec).
+The load generator itself (Locust, its plugin, HDR metrics) is ``taskscale.loadgen``.
 """

@@ -11,7 +11,6 @@ import importlib.metadata
 import os
 import platform
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +20,11 @@ import httpx
 from taskscale import __version__, proc
 from taskscale.config import Project
 from taskscale.errors import TargetError, TaskscaleError, UsageError
+from taskscale.loadgen.job import LoadGenerator, LocustJob, ProgressCallback
+from taskscale.loadgen.local import run_locust
+from taskscale.loadgen.metrics import RunMetrics
 from taskscale.loadtest import summary
 from taskscale.loadtest.compare import compare
-from taskscale.loadtest.metrics import RunMetrics
-from taskscale.loadtest.runner import LocustJob, ProgressCallback, run_locust
 from taskscale.loadtest.slo import Slo, evaluate, parse_slo
 from taskscale.loadtest.spec import BUILTIN_SCENARIOS, LoadTestSpec
 from taskscale.report import HISTOGRAMS_FILE, read_report, write_all
@@ -36,19 +36,15 @@ from taskscale.report.model import (
     Sweep,
     SweepStep,
 )
+from taskscale.resources import template_root
 from taskscale.targets import get_target
-from taskscale.targets.base import LoadGenerator, Target
+from taskscale.targets.base import Target
+from taskscale.targets.model import StepCallback, no_steps
 
 # The generated locustfile picks its scenario from this variable (see templates/project/loadtest).
 SCENARIO_ENV = "TASKSCALE_SCENARIO"
 LOCUSTFILE = Path("loadtest") / "locustfile.py"
 PREFLIGHT_TIMEOUT_S = 5.0
-
-StepCallback = Callable[[str], None]
-
-
-def _no_step(_: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -120,16 +116,15 @@ def _wait_ready(host: str, timeout: float) -> dict[str, object]:
 
 
 def _packaged_locustfile() -> Path:
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (
-        here / "templates" / "project" / LOCUSTFILE,  # installed wheel
-        here.parent.parent / "templates" / "project" / LOCUSTFILE,  # source checkout
-    ):
-        if candidate.is_file():
-            return candidate
-    raise UsageError(
-        "no locustfile for the built-in scenarios outside a project: pass --scenario PATH.py"
-    )
+    try:
+        path = template_root() / LOCUSTFILE
+    except TaskscaleError:
+        path = None
+    if path is None or not path.is_file():
+        raise UsageError(
+            "no locustfile for the built-in scenarios outside a project: pass --scenario PATH.py"
+        )
+    return path
 
 
 def _resolve_locustfile(spec: LoadTestSpec, project: Project | None) -> tuple[Path, dict[str, str]]:
@@ -438,7 +433,7 @@ def run_loadtest(
     project: Project | None,
     *,
     on_progress: ProgressCallback | None = None,
-    on_step: StepCallback = _no_step,
+    on_step: StepCallback = no_steps,
 ) -> LoadTestOutcome:
     """Preflight, run (or sweep), write every report form; SLO failures are in the report."""
     ctx = _prepare(spec, project)

@@ -9,16 +9,12 @@ from pathlib import Path
 
 from taskscale.errors import UsageError
 from taskscale.loadtest.slo import Slo, parse_slos
+from taskscale.targets import target_info
 
 BUILTIN_SCENARIOS = ("read-heavy", "write-heavy", "mixed")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION_S = 24 * 3600.0
-# Kept here (not imported from taskscale.targets) so validating a spec loads no target code.
-TARGETS = ("local", "compose", "minikube", "kubernetes")
-CLUSTER_TARGETS = ("minikube", "kubernetes")
-DEFAULT_CLUSTER_WORKERS = 2
-MAX_CLUSTER_WORKERS = 100
 
 
 def parse_duration(text: str) -> float:
@@ -100,9 +96,8 @@ class LoadTestSpec:
             raise UsageError(f"invalid --spawn-rate {spawn_rate}: must be above 0")
         if rate is not None and rate <= 0:
             raise UsageError(f"invalid --rate {rate}: must be above 0 requests/s")
-        if target not in TARGETS:
-            raise UsageError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
-        in_cluster = target in CLUSTER_TARGETS
+        workers = target_info(target).load_workers
+        in_cluster = workers is not None
         if host is not None and in_cluster:
             raise UsageError(
                 f"--host loads a URL from this machine; --target {target} runs Locust in the "
@@ -110,9 +105,9 @@ class LoadTestSpec:
             )
         # Locally: processes on this machine's cores; in a cluster: one worker pod each.
         cpus = os.cpu_count() or 1
-        most = MAX_CLUSTER_WORKERS if in_cluster else 4 * cpus
+        default, most = workers if workers is not None else (cpus, 4 * cpus)
         if processes is None:
-            processes = DEFAULT_CLUSTER_WORKERS if in_cluster else cpus
+            processes = default
         if processes < 1 or processes > most:
             raise UsageError(f"invalid --processes {processes}: between 1 and {most}")
         if host is not None and not re.match(r"^https?://[^/\s]+", host):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hdrh.histogram import HdrHistogram
 
-from taskscale.loadtest.metrics import RunMetrics, Series
+from taskscale.loadgen.metrics import RunMetrics, Series
 from taskscale.report.model import EndpointStats, Latency, TimelinePoint, Totals
 
 PERCENTILES: tuple[tuple[str, float], ...] = (

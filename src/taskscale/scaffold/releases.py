@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from taskscale import __version__
 from taskscale.config import ProjectSection
 from taskscale.errors import ConfigError, TaskscaleError
+from taskscale.scaffold import values
 from taskscale.scaffold.answers import answer_keys, project_config
 from taskscale.scaffold.render import render_tree, source_files, template_root
 
@@ -70,10 +71,7 @@ def read_tree(root: Path, paths: Iterable[Path]) -> Tree:
 
 def template_context(answers: Mapping[str, Any], version: str) -> dict[str, Any]:
     """What the templates see for ``answers``, as taskscale ``version`` would have shown it."""
-    # Imported here: scaffold.new imports this module to write the record.
-    from taskscale.scaffold.new import template_context as context_of
-
-    return context_of(project_config(answers, version))
+    return values.template_context(project_config(answers, version))
 
 
 @dataclass(frozen=True)

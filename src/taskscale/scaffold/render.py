@@ -10,27 +10,18 @@ from __future__ import annotations
 import shutil
 import stat
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from taskscale.errors import TaskscaleError
+from taskscale.resources import template_root
+
+__all__ = ["make_environment", "render_tree", "template_root"]
 
 TEMPLATE_SUFFIX = ".jinja"
 _SKIP_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
-
-
-def template_root() -> Path:
-    """Where the project templates are: packaged data in a wheel, ``templates/`` in a checkout."""
-    packaged = resources.files("taskscale") / "templates" / "project"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    checkout = Path(__file__).resolve().parents[3] / "templates" / "project"
-    if checkout.is_dir():
-        return checkout
-    raise TaskscaleError("taskscale's project templates are missing from this installation")
 
 
 def make_environment(root: Path) -> jinja2.Environment:

@@ -20,7 +20,13 @@ from taskscale import proc
 from taskscale.config import CONFIG_FILE, find_project_root, load_config, read_env_file
 from taskscale.errors import ConfigError, MissingBinary, TaskscaleError, UsageError
 from taskscale.scaffold import merge, transaction
-from taskscale.scaffold.answers import Answers, answer_keys, check_answer, check_answers
+from taskscale.scaffold.answers import (
+    Answers,
+    answer_keys,
+    check_answer,
+    check_answers,
+    project_config,
+)
 from taskscale.scaffold.record import RECORD_FILE, Record, read_record
 from taskscale.scaffold.releases import (
     Catalog,
@@ -30,8 +36,8 @@ from taskscale.scaffold.releases import (
     default_catalog,
     digest,
 )
+from taskscale.scaffold.values import ENV_FILE, SECRET_KEYS, env_file_text, generate_secrets
 
-ENV_FILE = ".env"
 # Never part of the merge: written by taskscale itself, or the user's and git's own.
 _NOT_TEMPLATE = (RECORD_FILE, ENV_FILE)
 
@@ -266,9 +272,6 @@ def _mode(path: Path, executable: bool) -> int:
 def _env_op(root: Path, old: Record, new: Record) -> tuple[transaction.Op | None, dict[str, str]]:
     """``.env`` keeps every secret and value the user has, and gains the keys the new version
     writes (fresh secrets for new secret keys)."""
-    from taskscale.scaffold.answers import project_config
-    from taskscale.scaffold.new import SECRET_KEYS, env_file_text, generate_secrets
-
     path = root / ENV_FILE
     existing = read_env_file(path) if path.is_file() else {}
     secrets = generate_secrets(existing)

@@ -8,14 +8,43 @@ Commands take ``--target``; without it they use the target the project's last su
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 from taskscale.config import Project
 from taskscale.errors import MissingBinary, UsageError
 from taskscale.targets.base import Target
 
-TARGETS = ("local", "compose", "minikube", "kubernetes")
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What commands must know about a target before creating it (no client, no I/O)."""
+
+    name: str
+    # Where `loadtest` runs Locust: None on this machine (one process per core by default),
+    # else the default and maximum number of worker pods it runs next to the stack.
+    load_workers: tuple[int, int] | None = None
+
+
+REGISTRY: dict[str, TargetInfo] = {
+    info.name: info
+    for info in (
+        TargetInfo("local"),
+        TargetInfo("compose"),
+        TargetInfo("minikube", load_workers=(2, 100)),
+        TargetInfo("kubernetes", load_workers=(2, 100)),
+    )
+}
+TARGETS = tuple(REGISTRY)
 DEFAULT_TARGET = "local"
 ACTIVE_FILE = "target"
+
+
+def target_info(name: str) -> TargetInfo:
+    """``name``'s entry, or the one error for an unknown target."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}") from None
 
 
 def active_target(project: Project) -> str:
@@ -44,6 +73,7 @@ def get_target(name: str | None, project: Project, *, context: str | None = None
     """
     if name is None:
         name = active_target(project)
+    target_info(name)
     if context and name not in ("minikube", "kubernetes"):
         raise UsageError(f"--context applies to the minikube and kubernetes targets, not {name}")
     if name == "local":
@@ -54,15 +84,13 @@ def get_target(name: str | None, project: Project, *, context: str | None = None
         from taskscale.targets.compose import ComposeTarget
 
         return ComposeTarget(project)
-    if name in ("minikube", "kubernetes"):
-        if importlib.util.find_spec("kubernetes") is None:
-            raise MissingBinary(
-                f"the {name} target needs the official kubernetes client",
-                hint="pip install 'taskscale[kubernetes]'",
-            )
-        from taskscale.targets.kubernetes import KubernetesTarget
-
-        return KubernetesTarget(
-            project, "minikube" if name == "minikube" else "kubernetes", context=context
+    if importlib.util.find_spec("kubernetes") is None:
+        raise MissingBinary(
+            f"the {name} target needs the official kubernetes client",
+            hint="pip install 'taskscale[kubernetes]'",
         )
-    raise UsageError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
+    from taskscale.targets.kube.target import KubernetesTarget
+
+    return KubernetesTarget(
+        project, "minikube" if name == "minikube" else "kubernetes", context=context
+    )

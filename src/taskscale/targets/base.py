@@ -1,28 +1,23 @@
-"""The interface every target implements, and the typed results it returns.
+"""The interface every target implements.
 
-``replicate`` and ``loadtest`` talk to a stack only through ``Target``; the CLI renders the
-dataclasses below as tables or, with ``--json``, through ``to_dict``.
+``replicate``, ``loadtest`` and the stack commands talk to a stack only through ``Target``: the
+core operations every target has (up, scale, status, logs, down, endpoints) and capabilities it
+may have (``replication()``, ``load_generator()``; see ``targets.capabilities``), each None when
+the target does not offer it. The typed results are in ``targets.model``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from taskscale.loadtest.runner import LocustJob, LocustRun, ProgressCallback
-    from taskscale.replication.model import ClusterStatus, ReplicationChange
+from taskscale.errors import UsageError
+from taskscale.targets.model import DownResult, Endpoints, StackStatus, StepCallback, no_steps
 
-ServiceKind = Literal[
-    "app", "lb", "postgres", "redis", "worker", "kafka", "loadtest", "job", "monitoring"
-]
-StepCallback = Callable[[str], None]
-
-
-def _no_steps(_: str) -> None:
-    return None
+if TYPE_CHECKING:  # kept off the import path of every command
+    from taskscale.loadgen.job import LoadGenerator
+    from taskscale.targets.capabilities import Replication
+    from taskscale.targets.logstream import LogStream
 
 
 def validate_replicas(
@@ -36,8 +31,6 @@ def validate_replicas(
 
     ``setting`` is the taskscale.toml setting that holds ``max_replicas`` (named in the hint)
     and ``maximum`` what the limit is called in the message."""
-    from taskscale.errors import UsageError
-
     if replicas < 1:
         raise UsageError(f"--replicas must be at least 1 (got {replicas})")
     if replicas > max_replicas:
@@ -48,84 +41,18 @@ def validate_replicas(
     return replicas
 
 
-@dataclass(frozen=True)
-class ServiceStatus:
-    name: str
-    kind: ServiceKind
-    pid: int | None
-    port: int | None
-    healthy: bool
-    # running | dead | stopped: "dead" means we started it and it is gone (crash or kill).
-    state: str
-    uptime_seconds: float | None = None
-    log_tail: str | None = None
-    # Pods ready / wanted, on targets where one service is several pods (Kubernetes).
-    ready: int | None = None
-    desired: int | None = None
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    api: str
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StackStatus:
-    target: str
-    project: str
-    replicas: int
-    services: list[ServiceStatus]
-    endpoints: Endpoints
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def running(self) -> bool:
-        return any(s.state == "running" for s in self.services)
-
-    @property
-    def healthy(self) -> bool:
-        return bool(self.services) and all(s.healthy for s in self.services)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["endpoints"] = {"api": self.endpoints.api, **self.endpoints.extra}
-        data["healthy"] = self.healthy
-        return data
-
-
-@dataclass(frozen=True)
-class DownResult:
-    target: str
-    stopped: list[str]
-    purged: bool
-
-
-class LoadGenerator(abc.ABC):
-    """Runs Locust next to the stack (e.g. as pods in the cluster) instead of on this machine."""
-
-    # The API as the generator reaches it (e.g. the app Service's in-cluster name).
-    host: str
-
-    @abc.abstractmethod
-    def check_ready(self) -> None:
-        """A TargetError when the app cannot take load yet (checked before any is sent)."""
-
-    @abc.abstractmethod
-    def run(self, job: LocustJob, on_progress: ProgressCallback | None) -> LocustRun:
-        """Run ``job`` to completion (bounded in time), clean up, return the merged metrics."""
-
-
 class Target(abc.ABC):
     """One way of running a project's stack (local processes, docker compose, Kubernetes)."""
 
     name: str
+    # The document that says what this target offers (named when a capability is missing).
+    guide: str = "README.md"
 
     @abc.abstractmethod
-    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+    def up(self, replicas: int, on_step: StepCallback = no_steps) -> StackStatus:
         """Bring the stack to ``replicas`` app replicas, changing only what differs; wait ready."""
 
-    def scale(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+    def scale(self, replicas: int, on_step: StepCallback = no_steps) -> StackStatus:
         """Change the replica count of a running stack without failing client requests."""
         return self.up(replicas, on_step)
 
@@ -134,49 +61,25 @@ class Target(abc.ABC):
         """Every service with its health; never raises because a service is down."""
 
     @abc.abstractmethod
-    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
-        """Log lines of one service (or all, prefixed by name); ``follow`` keeps yielding."""
+    def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
+        """Log lines of one service (or all, prefixed by name); ``follow`` keeps yielding.
+        A TargetError when the stack is not running, a UsageError for an unknown service."""
 
     @abc.abstractmethod
-    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
-        """Stop everything this target started; ``purge`` also deletes data. Safe to repeat."""
+    def down(self, purge: bool = False, on_step: StepCallback = no_steps) -> DownResult:
+        """Stop everything this target started and keep the data; ``purge`` also deletes the
+        data (databases, volumes). Safe to repeat."""
 
     @abc.abstractmethod
     def endpoints(self) -> Endpoints:
         """Where clients reach the stack."""
 
+    # ------------------------------------------------------------------ capabilities
+
+    def replication(self) -> Replication | None:
+        """PostgreSQL replication (status, and standbys or promotion when offered)."""
+        return None
+
     def load_generator(self) -> LoadGenerator | None:
         """Where ``loadtest`` runs Locust: None means on this machine, against ``endpoints()``."""
         return None
-
-    # ------------------------------------------------------------------ replication
-    # Targets that run PostgreSQL themselves implement these; the others say so clearly.
-
-    def replicate(
-        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        """Converge to ``standbys`` streaming standbys (None: keep the count, at least 1)."""
-        raise self.unsupported_replication("replicate")
-
-    def replication_status(self) -> ClusterStatus:
-        raise self.unsupported_replication("replicate status")
-
-    def switchover(
-        self, to: str, max_lag_bytes: int, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self.unsupported_replication("replicate switchover")
-
-    def failover(
-        self, to: str | None, force: bool, on_step: StepCallback = _no_steps
-    ) -> ReplicationChange:
-        raise self.unsupported_replication("replicate failover")
-
-    def rejoin(self, node: str, on_step: StepCallback = _no_steps) -> ReplicationChange:
-        raise self.unsupported_replication("replicate rejoin")
-
-    def unsupported_replication(self, command: str) -> Exception:
-        """The error for ``taskscale <command>`` on a target without it; targets override it
-        to say what they offer instead."""
-        from taskscale.errors import TargetError
-
-        return TargetError(f"`taskscale {command}` is not available on the {self.name} target")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -32,17 +31,8 @@ from taskscale.errors import (
 )
 from taskscale.replication import plan
 from taskscale.replication.model import ClusterStatus, ReplicationChange
-from taskscale.targets.base import (
-    DownResult,
-    Endpoints,
-    ServiceKind,
-    ServiceStatus,
-    StackStatus,
-    StepCallback,
-    Target,
-    _no_steps,
-    validate_replicas,
-)
+from taskscale.targets.base import Target, validate_replicas
+from taskscale.targets.capabilities import Replication, Standbys
 from taskscale.targets.compose import pg
 from taskscale.targets.compose.engine import (
     BUILD_TIMEOUT_S,
@@ -52,7 +42,18 @@ from taskscale.targets.compose.engine import (
     docker_client,
     pull_hint,
 )
-from taskscale.targets.local.ports import check_ports_free
+from taskscale.targets.logstream import LogSource, LogStream, chunked_lines
+from taskscale.targets.model import (
+    ContainerDetail,
+    DownResult,
+    Endpoints,
+    ServiceKind,
+    ServiceStatus,
+    StackStatus,
+    StepCallback,
+    no_steps,
+)
+from taskscale.targets.ports import check_ports_free
 
 COMPOSE_FILE = Path("deploy") / "docker-compose.yml"
 DOCKERFILE = "deploy/Dockerfile"
@@ -85,6 +86,7 @@ class ComposeState:
 
 class ComposeTarget(Target):
     name = "compose"
+    guide = "docs/compose.md"
 
     def __init__(self, project: Project) -> None:
         self.project = project
@@ -130,14 +132,10 @@ class ComposeTarget(Target):
                 hint="regenerate it: `taskscale new NAME` in the parent directory keeps the "
                 "project's secrets and files you changed",
             )
-        secrets = self.project.secrets()
+        credentials = self.project.credentials()
         replica_url = ""
         if state.standbys > 0:
-            replica_url = (
-                f"postgresql+psycopg://{secrets.get('POSTGRES_USER', '')}:"
-                f"{secrets.get('POSTGRES_PASSWORD', '')}@postgres-standby:5432/"
-                f"{secrets.get('POSTGRES_DB', '')}"
-            )
+            replica_url = credentials.database_url(5432, host="postgres-standby")
         env = {
             "TASKSCALE_API_PORT": str(self.config.ports.api),
             "TASKSCALE_READ_REPLICA_URLS": replica_url,
@@ -160,7 +158,7 @@ class ComposeTarget(Target):
 
     # ------------------------------------------------------------------ up / scale
 
-    def up(self, replicas: int, on_step: StepCallback = _no_steps) -> StackStatus:
+    def up(self, replicas: int, on_step: StepCallback = no_steps) -> StackStatus:
         validate_replicas(replicas, self.config.stack.max_replicas)
         state = self.load_state()
         compose = self.compose(state)
@@ -185,7 +183,7 @@ class ComposeTarget(Target):
             self._converge_replication(state, on_step)
         return self.status()
 
-    def build(self, on_step: StepCallback = _no_steps) -> None:
+    def build(self, on_step: StepCallback = no_steps) -> None:
         on_step(f"building {self.image}")
         buildargs = {}
         if base := os.environ.get("TASKSCALE_PYTHON_IMAGE"):
@@ -257,69 +255,40 @@ class ComposeTarget(Target):
         return ServiceStatus(
             name=container.name,
             kind=_KINDS.get(service, "monitoring"),
-            pid=info.get("Pid") or None,
             port=port,
             healthy=healthy,
             state=state,
             uptime_seconds=_uptime(info) if state == "running" else None,
             log_tail=log_tail,
+            detail=ContainerDetail(
+                container_id=str(container.id)[:12], pid=info.get("Pid") or None
+            ),
         )
 
     def endpoints(self) -> Endpoints:
         return Endpoints(api=f"http://127.0.0.1:{self.config.ports.api}")
 
-    def logs(self, service: str | None, tail: int, follow: bool) -> Iterator[str]:
+    def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
         containers = self.containers()
+        if not containers:
+            raise TargetError(
+                "the compose stack is not running",
+                hint="start it with `taskscale up --target compose` first",
+            )
         if service is not None:
             by_service = [c for c in containers if c.labels.get(SERVICE_LABEL) == service]
             chosen = by_service or [c for c in containers if c.name == service]
             if not chosen:
                 names = sorted({c.labels.get(SERVICE_LABEL, "?") for c in containers})
-                known = ", ".join(names) or "(none: run `taskscale up --target compose`)"
-                raise UsageError(f"unknown service {service!r}: choose one of {known}")
+                raise UsageError(f"unknown service {service!r}: choose one of {', '.join(names)}")
         else:
             chosen = containers
-        prefix = len(chosen) > 1
-        if not follow:
-            return iter(self._tail_lines(chosen, tail, prefix))
-        return self._follow(chosen, tail, prefix)
-
-    def _tail_lines(self, containers: list[Any], tail: int, prefix: bool) -> list[str]:
-        lines: list[str] = []
-        for container in containers:
-            for line in _decode(container.logs(tail=tail)).splitlines():
-                lines.append(f"{container.name} | {line}" if prefix else line)
-        return lines
-
-    def _follow(self, containers: list[Any], tail: int, prefix: bool) -> Iterator[str]:
-        lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
-
-        def pump(container: Any) -> None:
-            pending = ""
-            try:
-                for chunk in container.logs(stream=True, follow=True, tail=tail):
-                    pending += _decode(chunk)
-                    *complete, pending = pending.split("\n")
-                    for line in complete:
-                        lines.put(f"{container.name} | {line}" if prefix else line)
-            except Exception:  # noqa: S110 - a container going away ends its stream
-                pass
-            finally:
-                lines.put(None)
-
-        for container in containers:
-            threading.Thread(target=pump, args=(container,), daemon=True).start()
-        open_streams = len(containers)
-        while open_streams:
-            item = lines.get()
-            if item is None:
-                open_streams -= 1
-                continue
-            yield item
+        sources = [_container_log(c, tail, follow) for c in chosen]
+        return LogStream(sources, follow=follow, prefix=len(chosen) > 1)
 
     # ------------------------------------------------------------------ down
 
-    def down(self, purge: bool = False, on_step: StepCallback = _no_steps) -> DownResult:
+    def down(self, purge: bool = False, on_step: StepCallback = no_steps) -> DownResult:
         before = [c.name for c in self.containers()]
         state = self.load_state()
         on_step("docker compose down" + (" --volumes" if purge else ""))
@@ -336,6 +305,9 @@ class ComposeTarget(Target):
 
     # ------------------------------------------------------------------ replication
 
+    def replication(self) -> Replication:
+        return _ComposeReplication(self)
+
     def primary(self) -> pg.Primary:
         """psql on the running primary, as the project's database owner."""
         running = self._running("postgres")
@@ -344,11 +316,9 @@ class ComposeTarget(Target):
                 "the compose stack's PostgreSQL is not running",
                 hint="start the stack first: taskscale up --target compose",
             )
-        secrets = self.project.secrets()
+        credentials = self.project.credentials()
         return pg.Primary(
-            running[0],
-            user=secrets.get("POSTGRES_USER", self.config.postgres.user),
-            database=secrets.get("POSTGRES_DB", self.config.postgres.database),
+            running[0], user=credentials.postgres_user, database=credentials.postgres_db
         )
 
     def replication_status(self) -> ClusterStatus:
@@ -360,7 +330,7 @@ class ComposeTarget(Target):
         )
 
     def replicate(
-        self, standbys: int | None, sync: bool | None, on_step: StepCallback = _no_steps
+        self, standbys: int | None, sync: bool | None, on_step: StepCallback = no_steps
     ) -> ReplicationChange:
         started = time.monotonic()
         old = self.load_state()
@@ -436,12 +406,49 @@ class ComposeTarget(Target):
             )
         primary.run(*pg.set_sync(state.sync and state.standbys > 0), pg.DROP_STALE_SLOTS_SQL)
 
-    def unsupported_replication(self, command: str) -> TaskscaleError:
-        return TargetError(
-            f"{command} runs on the local target only; the compose stack's primary is the "
-            "`postgres` service",
-            hint="on compose, change standbys: taskscale replicate --replicas N --target compose",
-        )
+
+class _ComposeReplication(Replication, Standbys):
+    """Status and standbys (one scaled service); promotion is the local target's alone."""
+
+    def __init__(self, target: ComposeTarget) -> None:
+        self._target = target
+
+    def status(self) -> ClusterStatus:
+        return self._target.replication_status()
+
+    def standbys(self) -> Standbys:
+        return self
+
+    def replicate(
+        self, standbys: int | None, sync: bool | None, on_step: StepCallback = no_steps
+    ) -> ReplicationChange:
+        return self._target.replicate(standbys, sync, on_step)
+
+
+def _container_log(container: Any, tail: int, follow: bool) -> LogSource:
+    """A container's log: its last ``tail`` lines, then (``follow``) a stream that ``close``
+    ends (the SDK's stream holds the HTTP response)."""
+    streams: list[Any] = []
+    lock = threading.Lock()
+
+    def read(stop: threading.Event) -> Iterator[str]:
+        if not follow:
+            yield from _decode(container.logs(tail=tail)).splitlines()
+            return
+        stream = container.logs(stream=True, follow=True, tail=tail)
+        with lock:
+            streams.append(stream)
+        if stop.is_set():
+            stream.close()
+            return
+        yield from chunked_lines(stream)
+
+    def close() -> None:
+        with lock:
+            for stream in streams:
+                stream.close()
+
+    return LogSource(str(container.name), read, close)
 
 
 def _sort_key(container: Any) -> tuple[int, str]:

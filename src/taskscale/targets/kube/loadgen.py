@@ -17,14 +17,15 @@ import contextlib
 import copy
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import taskscale.loadtest
+import taskscale.loadgen
 from taskscale import proc
 from taskscale.errors import CommandFailed, TargetError, TaskscaleError
-from taskscale.loadtest.channel import (
+from taskscale.loadgen.channel import (
     RATE_ENV,
     RECORD_PREFIX,
     STDOUT_ENV,
@@ -32,9 +33,9 @@ from taskscale.loadtest.channel import (
     WORKERS_ENV,
     decode_records,
 )
-from taskscale.loadtest.metrics import RunMetrics
-from taskscale.loadtest.runner import (
+from taskscale.loadgen.job import (
     GRACE_S,
+    LoadGenerator,
     LocustJob,
     LocustRun,
     ProgressCallback,
@@ -43,12 +44,10 @@ from taskscale.loadtest.runner import (
     headless_options,
     judge_generator,
 )
-from taskscale.targets.base import LoadGenerator
+from taskscale.loadgen.metrics import RunMetrics
 from taskscale.targets.kube import rollout
 from taskscale.targets.kube.api import KubeApiError
-
-if TYPE_CHECKING:
-    from taskscale.targets.kubernetes import KubernetesTarget
+from taskscale.targets.kube.namespace import Namespace
 
 NAME = "taskscale-locust"
 MASTER = f"{NAME}-master"
@@ -61,10 +60,10 @@ MASTER_PORT = 5557
 FILES = {
     "locustfile.py": "locustfile.py",
     "taskscale-init.py": "taskscale/__init__.py",
-    "loadtest-init.py": "taskscale/loadtest/__init__.py",
-    "channel.py": "taskscale/loadtest/channel.py",
-    "metrics.py": "taskscale/loadtest/metrics.py",
-    "locust_plugin.py": "taskscale/loadtest/locust_plugin.py",
+    "loadgen-init.py": "taskscale/loadgen/__init__.py",
+    "channel.py": "taskscale/loadgen/channel.py",
+    "metrics.py": "taskscale/loadgen/metrics.py",
+    "locust_plugin.py": "taskscale/loadgen/locust_plugin.py",
 }
 LOG_TAIL_LINES = 50
 COLLECT_TIMEOUT_S = 30.0
@@ -73,7 +72,7 @@ DONE_PHASES = ("Succeeded", "Failed")
 
 def plugin_files(locustfile: Path) -> dict[str, str]:
     """The ConfigMap's data: the scenario, the plugin and the two modules it imports."""
-    package = Path(taskscale.loadtest.__file__).resolve().parent
+    package = Path(taskscale.loadgen.__file__).resolve().parent
     try:
         scenario = locustfile.read_text(encoding="utf-8")
     except OSError as exc:
@@ -81,7 +80,7 @@ def plugin_files(locustfile: Path) -> dict[str, str]:
     return {
         "locustfile.py": scenario,
         "taskscale-init.py": "",
-        "loadtest-init.py": "",
+        "loadgen-init.py": "",
         **{
             name: (package / name).read_text(encoding="utf-8")
             for name in ("channel.py", "metrics.py", "locust_plugin.py")
@@ -145,7 +144,7 @@ def locust_objects(
     """ConfigMap, master Service, master Job and worker Job of one run (pure)."""
     workers = job.processes
     deadline = round(job.duration_s + job.stop_timeout_s + GRACE_S + start_timeout_s)
-    scripts = f"{MOUNT}/locustfile.py,{MOUNT}/taskscale/loadtest/locust_plugin.py"
+    scripts = f"{MOUNT}/locustfile.py,{MOUNT}/taskscale/loadgen/locust_plugin.py"
     env = {
         **(job.env or {}),
         "PYTHONPATH": MOUNT,
@@ -220,45 +219,51 @@ class ClusterLoadGenerator(LoadGenerator):
 
     host = APP_URL
 
-    def __init__(self, target: KubernetesTarget, poll_interval: float) -> None:
-        self.target = target
-        self.namespace = target.namespace
+    def __init__(
+        self,
+        namespace: Namespace,
+        *,
+        target: str,
+        check_images: Callable[[list[dict[str, Any]]], None],
+        start_timeout: float,
+        poll_interval: float,
+    ) -> None:
+        self.ns = namespace
+        self.target = target  # the target's name, for hints
+        self._check_images = check_images
+        self._start_timeout = start_timeout
         self._poll = poll_interval
 
-    @property
-    def _api(self) -> Any:
-        return self.target.api
-
     def check_ready(self) -> None:
-        app = self._api.get_or_none(self.target._ns_path("deployments", "apps/v1", "app"))
+        app = self.ns.get("deployments", "apps/v1", "app")
         if app is None or not int((app.get("status") or {}).get("readyReplicas") or 0):
             raise TargetError(
-                f"the app has no ready pod in namespace {self.namespace}; no load was sent",
-                hint=f"see `taskscale status --target {self.target.name}`",
+                f"the app has no ready pod in namespace {self.ns.name}; no load was sent",
+                hint=f"see `taskscale status --target {self.target}`",
             )
 
     def _templates(self) -> tuple[dict[str, Any], dict[str, Any]]:
         found = []
         for name in ("locust-master", "locust-worker"):
-            obj = self._api.get_or_none(self.target._ns_path("deployments", "apps/v1", name))
+            obj = self.ns.get("deployments", "apps/v1", name)
             if obj is None:
                 raise TargetError(
-                    f"deployment/{name} is not in namespace {self.namespace}: the Locust pod "
+                    f"deployment/{name} is not in namespace {self.ns.name}: the Locust pod "
                     "templates come from deploy/k8s/base/locust.yaml",
-                    hint=f"run `taskscale up --target {self.target.name}` (regenerate deploy/k8s "
+                    hint=f"run `taskscale up --target {self.target}` (regenerate deploy/k8s "
                     "with `taskscale new --force` if locust.yaml is missing)",
                 )
             found.append(obj["spec"]["template"])
         return found[0], found[1]
 
     def run(self, job: LocustJob, on_progress: ProgressCallback | None) -> LocustRun:
-        start_timeout = self.target.project.config.kubernetes.rollout_timeout
+        start_timeout = self._start_timeout
         master, worker = self._templates()
         objects = locust_objects(
             master,
             worker,
             job,
-            namespace=self.namespace,
+            namespace=self.ns.name,
             files=plugin_files(job.locustfile),
             start_timeout_s=start_timeout,
         )
@@ -266,7 +271,7 @@ class ClusterLoadGenerator(LoadGenerator):
         started = datetime.now(UTC)
         cpu: tuple[list[float], list[float]] = ([], [])
         try:
-            self.target.apply(objects)
+            self.ns.apply(objects)
             self._wait(job, on_progress, start_timeout, cpu)
             dumps, master_log = self._collect(job)
         finally:
@@ -316,18 +321,18 @@ class ClusterLoadGenerator(LoadGenerator):
         limit = job.duration_s + job.stop_timeout_s + GRACE_S + start_timeout
         reader = ProgressReader(None, job)
         while True:
-            master = self._api.get_or_none(self.target._ns_path("jobs", "batch/v1", MASTER))
+            master = self.ns.get("jobs", "batch/v1", MASTER)
             outcome = rollout.job_outcome(master) if master is not None else "the job disappeared"
             if outcome == "succeeded":
                 return
             # Every Locust pod, masters and workers, in one request a poll.
-            pods = self.target._list("pods", labelSelector=ROLE_LABEL)
+            pods = self.ns.items("pods", labelSelector=ROLE_LABEL)
             if outcome is not None:
                 raise CommandFailed(
                     f"the Locust master job failed: {outcome}",
                     detail=_readable(self._log(_of_role(pods, "master"), LOG_TAIL_LINES)),
                 )
-            self.target.check_images(pods)
+            self._check_images(pods)
             self._sample_cpu(cpu)
             if on_progress is not None:
                 records = decode_records(
@@ -344,7 +349,7 @@ class ClusterLoadGenerator(LoadGenerator):
             time.sleep(self._poll)
 
     def _pods(self, role: str) -> list[dict[str, Any]]:
-        return _of_role(self.target._list("pods", labelSelector=f"{ROLE_LABEL}={role}"), role)
+        return _of_role(self.ns.items("pods", labelSelector=f"{ROLE_LABEL}={role}"), role)
 
     def _log(self, pods: list[dict[str, Any]], tail: int | None = None) -> str:
         """The log of the newest pod in ``pods`` ("" when there is none yet)."""
@@ -353,12 +358,8 @@ class ClusterLoadGenerator(LoadGenerator):
         return self._pod_log(pods[-1], tail)
 
     def _pod_log(self, pod: dict[str, Any], tail: int | None = None) -> str:
-        query: dict[str, str | int | bool] = {"container": pod["spec"]["containers"][0]["name"]}
-        if tail is not None:
-            query["tailLines"] = tail
-        path = self.target._ns_path("pods", name=pod["metadata"]["name"]) + "/log"
         try:
-            return str(self._api.request_text(path, query))
+            return self.ns.pod_log(pod, tail)
         except KubeApiError:
             return ""  # not started yet (ContainerCreating): no log to read
 
@@ -386,9 +387,9 @@ class ClusterLoadGenerator(LoadGenerator):
         return dumps, self._log(self._pods("master"))
 
     def _sample_cpu(self, cpu: tuple[list[float], list[float]]) -> None:
-        path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{self.namespace}/pods"
+        path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{self.ns.name}/pods"
         try:
-            data = self._api.request("GET", path, query={"labelSelector": f"{ROLE_LABEL}=worker"})
+            data = self.ns.api.request("GET", path, query={"labelSelector": f"{ROLE_LABEL}=worker"})
         except TaskscaleError:
             return  # no metrics-server answer: saturation stays unknown (noted in the report)
         per_pod = [
@@ -410,8 +411,4 @@ class ClusterLoadGenerator(LoadGenerator):
             ("configmaps", "v1", NAME),
         ):
             with contextlib.suppress(TaskscaleError):
-                self._api.request(
-                    "DELETE",
-                    self.target._ns_path(plural, version, name),
-                    query={"propagationPolicy": "Background"},
-                )
+                self.ns.delete(plural, version, name)

@@ -37,23 +37,24 @@ SECRET_KEYS = (
 @dataclass(frozen=True)
 class Kind:
     plural: str
+    api_version: str
     namespaced: bool
     # Lower applies first: namespaces, then what workloads reference, then workloads.
     order: int
 
 
 KINDS: dict[str, Kind] = {
-    "Namespace": Kind("namespaces", False, 0),
-    "ConfigMap": Kind("configmaps", True, 1),
-    "Secret": Kind("secrets", True, 1),
-    "Service": Kind("services", True, 2),
-    "NetworkPolicy": Kind("networkpolicies", True, 2),
-    "PodDisruptionBudget": Kind("poddisruptionbudgets", True, 2),
-    "StatefulSet": Kind("statefulsets", True, 3),
-    "Job": Kind("jobs", True, 4),
-    "Deployment": Kind("deployments", True, 5),
-    "HorizontalPodAutoscaler": Kind("horizontalpodautoscalers", True, 6),
-    "Ingress": Kind("ingresses", True, 6),
+    "Namespace": Kind("namespaces", "v1", False, 0),
+    "ConfigMap": Kind("configmaps", "v1", True, 1),
+    "Secret": Kind("secrets", "v1", True, 1),
+    "Service": Kind("services", "v1", True, 2),
+    "NetworkPolicy": Kind("networkpolicies", "networking.k8s.io/v1", True, 2),
+    "PodDisruptionBudget": Kind("poddisruptionbudgets", "policy/v1", True, 2),
+    "StatefulSet": Kind("statefulsets", "apps/v1", True, 3),
+    "Job": Kind("jobs", "batch/v1", True, 4),
+    "Deployment": Kind("deployments", "apps/v1", True, 5),
+    "HorizontalPodAutoscaler": Kind("horizontalpodautoscalers", "autoscaling/v2", True, 6),
+    "Ingress": Kind("ingresses", "networking.k8s.io/v1", True, 6),
 }
 
 

@@ -11,11 +11,17 @@ leaves the cluster. Standbys cloned with ``pg_basebackup -R`` all report the app
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskscale.errors import TargetError
 from taskscale.replication import plan, sql
-from taskscale.replication.model import NodeStatus
+from taskscale.replication.model import ClusterStatus, NodeStatus
+from taskscale.targets.capabilities import Replication
+from taskscale.targets.kube.namespace import Namespace
+
+EXEC_TIMEOUT = 15.0
 
 STATUS_SQL = """
 SELECT json_build_object(
@@ -117,3 +123,99 @@ def standby_node(
     return plan.standby_status(
         name, answer.info if answer else None, sender, primary, port=5432, host=host
     )
+
+
+class PodReplication(Replication):
+    """The kubernetes targets' replication: status only (promotion is manual there)."""
+
+    def __init__(self, namespace: Callable[[], Namespace], target: str) -> None:
+        """``namespace`` gives the client when it is needed: asking a target whether it has
+        the capability never reads the kubeconfig or reaches the cluster."""
+        self._namespace = namespace
+        self.target = target
+
+    @property
+    def ns(self) -> Namespace:
+        return self._namespace()
+
+    def status(self) -> ClusterStatus:
+        """Every PostgreSQL pod asked with psql through pod exec."""
+        if not self.ns.exists():
+            raise TargetError(
+                f"the stack is not running: namespace {self.ns.name} does not exist in "
+                f"context {self.ns.api.context}",
+                hint=f"start it with `taskscale up --target {self.target}` first",
+            )
+        pods = self.ns.items("pods", labelSelector="app.kubernetes.io/name=postgres")
+        pods.sort(key=lambda p: str(p["metadata"]["name"]))
+        by_role: dict[str, list[dict[str, Any]]] = {"primary": [], "standby": []}
+        for pod in pods:
+            role = (pod["metadata"].get("labels") or {}).get("taskscale.dev/role")
+            if role in by_role:
+                by_role[role].append(pod)
+        if not by_role["primary"]:
+            raise TargetError(
+                f"no PostgreSQL primary pod in namespace {self.ns.name}",
+                hint=f"see `taskscale status --target {self.target}`",
+            )
+        notes: list[str] = []
+        answers = {p["metadata"]["name"]: self._ask_postgres(p, notes) for p in pods}
+        primary = by_role["primary"][0]
+        primary_name = primary["metadata"]["name"]
+        primary_answer = answers[primary_name]
+        nodes = [primary_node(primary_name, _pod_ip(primary), primary_answer)]
+        senders = primary_answer.senders if primary_answer else {}
+        for pod in by_role["standby"]:
+            name = pod["metadata"]["name"]
+            nodes.append(
+                standby_node(
+                    name,
+                    _pod_ip(pod),
+                    answers[name],
+                    senders.get(_pod_ip(pod)),
+                    primary_answer.info if primary_answer else None,
+                )
+            )
+        if primary_answer is None:
+            notes.append(
+                f"primary {primary_name} does not answer; promotion is manual on this target "
+                "(docs/kubernetes.md)"
+            )
+        return ClusterStatus(
+            target=self.target,
+            primary=primary_name,
+            sync=bool(primary_answer and primary_answer.info.synchronous_standby_names),
+            nodes=nodes,
+            notes=notes,
+        )
+
+    def _ask_postgres(self, pod: dict[str, Any], notes: list[str]) -> PodAnswer | None:
+        name = pod["metadata"]["name"]
+        phase = (pod.get("status") or {}).get("phase")
+        if phase != "Running":
+            notes.append(f"pod {name} is {phase or 'not scheduled'}")
+            return None
+        try:
+            result = self.ns.api.exec(
+                self.ns.name,
+                name,
+                pod["spec"]["containers"][0]["name"],
+                status_command(),
+                timeout=EXEC_TIMEOUT,
+            )
+        except TargetError as exc:
+            notes.append(f"{name}: {exc.message}")
+            return None
+        if result.returncode != 0:
+            said = (result.stderr or result.stdout).strip().splitlines()
+            notes.append(f"{name}: psql exited {result.returncode}: {said[0] if said else ''}")
+            return None
+        try:
+            return parse_answer(result.stdout)
+        except (ValueError, KeyError, TypeError) as exc:
+            notes.append(f"{name}: unexpected psql output ({exc})")
+            return None
+
+
+def _pod_ip(pod: dict[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("podIP") or "")

@@ -17,8 +17,9 @@ from pathlib import Path
 from taskscale import proc
 from taskscale.config import Project
 from taskscale.errors import CommandFailed, ConfigError, MissingBinary
-from taskscale.targets.base import StepCallback
 from taskscale.targets.local.nginx import APP_KEEPALIVE_TIMEOUT
+from taskscale.targets.local.supervisor import GRACEFUL_SHUTDOWN
+from taskscale.targets.model import StepCallback
 
 # Top-level modules the generated app imports at run time.
 REQUIRED_MODULES = (
@@ -34,8 +35,6 @@ REQUIRED_MODULES = (
 )
 VENV_TIMEOUT = 120.0
 PIP_TIMEOUT = 1200.0
-# Seconds uvicorn gives in-flight requests when it is asked to stop (SIGTERM).
-GRACEFUL_SHUTDOWN = 10
 
 _CHECK_SCRIPT = (
     "import importlib.util, sys\n"
@@ -124,26 +123,27 @@ def _ensure_venv(project: Project, on_step: StepCallback) -> str:
     return os.fspath(python)
 
 
-def app_env(project: Project, *, instance_id: str) -> dict[str, str]:
+def app_env(
+    project: Project,
+    *,
+    instance_id: str,
+    database_url: str,
+    replica_urls: list[str] | None = None,
+) -> dict[str, str]:
     """Environment of a replica, the worker or the migrations.
 
     The project's ``.env`` first, then connection URLs built from taskscale.toml's ports (so a
     changed port takes effect without editing .env), then the per-process settings.
+    ``replica_urls`` (replication on) are the standbys reads go to.
     """
     cfg = project.config
-    secrets = project.secrets()
+    credentials = project.credentials()
     env = dict(os.environ)
-    env.update(secrets)
-    user = secrets.get("POSTGRES_USER", cfg.postgres.user)
-    password = secrets.get("POSTGRES_PASSWORD", "")
-    database = secrets.get("POSTGRES_DB", cfg.postgres.database)
-    redis_password = secrets.get("REDIS_PASSWORD", "")
+    env.update(project.secrets())
     env.update(
         {
-            "DATABASE_URL": (
-                f"postgresql+psycopg://{user}:{password}@127.0.0.1:{cfg.ports.postgres}/{database}"
-            ),
-            "REDIS_URL": f"redis://:{redis_password}@127.0.0.1:{cfg.ports.redis}/0",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": (f"redis://:{credentials.redis_password}@127.0.0.1:{cfg.ports.redis}/0"),
             "BROKER": "redis",
             "INSTANCE_ID": instance_id,
             "DB_POOL_SIZE": str(cfg.postgres.pool_size),
@@ -151,6 +151,8 @@ def app_env(project: Project, *, instance_id: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if replica_urls is not None:
+        env["DATABASE_REPLICA_URLS"] = ",".join(replica_urls)
     return env
 
 

@@ -10,6 +10,11 @@ import os
 import socket
 from pathlib import Path
 
+from taskscale.targets.local.supervisor import ProcessSpec, Run, Supervisor
+from taskscale.targets.model import StepCallback
+
+NAME = "redis"
+
 
 def render_config(*, port: int, password: str, data_dir: Path) -> str:
     """redis.conf: foreground, loopback only, password required.
@@ -70,3 +75,24 @@ def ping(port: int, password: str, *, host: str = "127.0.0.1", timeout: float = 
             reply += chunk
         return reply.startswith(b"+OK\r\n") and b"+PONG\r\n" in reply
     return False
+
+
+def ensure(
+    supervisor: Supervisor,
+    run: Run,
+    binary: Path,
+    *,
+    port: int,
+    password: str,
+    data_dir: Path,
+    on_step: StepCallback,
+) -> None:
+    """Start Redis (config rewritten first) unless it runs; wait until it answers PING."""
+    if run.state.named(NAME) is not None:
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "redis.conf"
+    write_config(conf, render_config(port=port, password=password, data_dir=data_dir))
+    on_step("starting Redis")
+    record = supervisor.spawn(run, ProcessSpec(NAME, "redis", argv(binary, conf), port))
+    supervisor.wait_ready(record, lambda: ping(port, password))

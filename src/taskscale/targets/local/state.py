@@ -24,7 +24,7 @@ import psutil
 
 from taskscale import proc
 from taskscale.errors import ConfigError, TargetError
-from taskscale.targets.base import ServiceKind
+from taskscale.targets.model import ServiceKind, Slot
 
 STATE_VERSION = 1
 # Allowed difference between the recorded and the current process start time. psutil derives it
@@ -34,10 +34,6 @@ START_TIME_TOLERANCE = 0.5
 
 # Unix socket paths are limited to 107 bytes (sun_path); PostgreSQL's adds "/.s.PGSQL.NNNNN".
 _SOCKET_PATH_LIMIT = 100
-
-
-# The replication topology (targets.local.replication); its presence means replication is on.
-TOPOLOGY_FILE = "replication.json"
 
 
 def runtime_dir(state_dir: Path) -> Path:
@@ -69,6 +65,8 @@ def process_start_time(pid: int) -> float | None:
 
 @dataclass
 class ServiceRecord:
+    # The stable name users see (app-1..N, postgres, nginx...); app replicas of the two
+    # blue/green slots share names while a rollout runs, so records are keyed by ``key``.
     name: str
     kind: ServiceKind
     pid: int
@@ -77,6 +75,7 @@ class ServiceRecord:
     argv: list[str]
     started_at: float = field(default_factory=time.time)
     proc_start: float | None = None
+    slot: Slot | None = None
 
     @classmethod
     def spawned(
@@ -87,8 +86,17 @@ class ServiceRecord:
         port: int | None,
         log: Path,
         argv: list[str],
+        *,
+        slot: Slot | None = None,
+        proc_start: float | None = None,
     ) -> ServiceRecord:
-        return cls(name, kind, pid, port, str(log), argv, time.time(), process_start_time(pid))
+        start = proc_start if proc_start is not None else process_start_time(pid)
+        return cls(name, kind, pid, port, str(log), argv, time.time(), start, slot)
+
+    @property
+    def key(self) -> str:
+        """Unique in the state: the name, plus the slot for app replicas."""
+        return f"{self.name}@{self.slot}" if self.slot is not None else self.name
 
     def alive(self) -> bool:
         """True when our process still runs under this pid (not a reused pid, not a zombie)."""
@@ -111,6 +119,16 @@ class StackState:
     def of_kind(self, kind: ServiceKind) -> list[ServiceRecord]:
         return [s for s in self.services.values() if s.kind == kind]
 
+    def add(self, record: ServiceRecord) -> None:
+        self.services[record.key] = record
+
+    def remove(self, record: ServiceRecord) -> None:
+        self.services.pop(record.key, None)
+
+    def named(self, name: str) -> ServiceRecord | None:
+        """The record of a service that is not an app replica (postgres, nginx, worker...)."""
+        return self.services.get(name)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
@@ -122,7 +140,7 @@ class StackState:
         services: dict[str, ServiceRecord] = {}
         for raw in data.get("services", []):
             record = ServiceRecord(**cast(dict[str, Any], raw))
-            services[record.name] = record
+            services[record.key] = record
         return cls(services)
 
 

@@ -32,7 +32,7 @@ from locust import constant_throughput, events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from taskscale.loadtest.channel import (
+from taskscale.loadgen.channel import (
     PROGRESS_ENV,
     RATE_ENV,
     RAW_DIR_ENV,
@@ -41,7 +41,7 @@ from taskscale.loadtest.channel import (
     WORKERS_ENV,
     encode_record,
 )
-from taskscale.loadtest.metrics import Recorder
+from taskscale.loadgen.metrics import Recorder
 
 # Workers report to the master every 3 s by default; once a second keeps the live line fresh.
 locust.runners.WORKER_REPORT_INTERVAL = 1.0
