@@ -16,8 +16,8 @@ def _layout(tmp_path: Path) -> nginx.NginxLayout:
 
 def test_upstream_lists_every_replica_with_passive_health_checks(tmp_path: Path) -> None:
     text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100, 8101])
-    assert "server 127.0.0.1:8100 max_fails=3 fail_timeout=5s;" in text
-    assert "server 127.0.0.1:8101 max_fails=3 fail_timeout=5s;" in text
+    assert "server 127.0.0.1:8100 max_fails=3 fail_timeout=1s;" in text
+    assert "server 127.0.0.1:8101 max_fails=3 fail_timeout=1s;" in text
     assert "listen 127.0.0.1:8080" in text
     assert "keepalive 64;" in text
 

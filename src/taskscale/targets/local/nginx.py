@@ -195,9 +195,17 @@ http {{
 """
 
 
+# Passive health checks: 3 failures within FAIL_TIMEOUT take a replica out for FAIL_TIMEOUT.
+# One second (nginx counts whole seconds): a replica the supervisor restarted gets traffic
+# again at most a second after it is ready. A dead replica costs one refused connect per
+# second per nginx worker, retried on the next replica at once.
+FAIL_TIMEOUT = "1s"
+
+
 def _upstream(name: str, ports: list[int]) -> str:
     servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;" for port in ports
+        f"        server 127.0.0.1:{port} max_fails=3 fail_timeout={FAIL_TIMEOUT};"
+        for port in ports
     )
     return f"""\
     upstream {name} {{
