@@ -188,6 +188,12 @@ def test_replication_lifecycle(
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     assert proc.poll_until(lambda: len(acknowledged) >= 20, 15)
+    # The stack's supervisor would start a killed primary again within a second (same data,
+    # same role: test_local_restarts.py); failover is for a primary that does not come back,
+    # so stop the supervisor first.
+    supervisor = StateFile(load_project(project).state_dir).load().named("supervisor")
+    assert supervisor is not None
+    assert proc.terminate(supervisor.pid, timeout=10)
     primary_pid = _primary_pid(project)
     os.kill(primary_pid, signal.SIGKILL)
     # Keep writing until the clients see the outage (writes in flight at the kill), bounded.
