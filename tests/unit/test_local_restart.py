@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from taskscale.targets.local import daemon, postgres, router
 from taskscale.targets.local.daemon import Keeper
 from taskscale.targets.local.health import Health
@@ -348,3 +350,33 @@ def test_run_records_without_a_spec_stay_readable(stack: Stack) -> None:
     state = stack.supervisor.load()
     run = Run(state, stack.supervisor.state_file)
     assert run.specs.load("nothing") is None
+
+
+def test_a_ready_replica_is_put_back_behind_nginx_under_the_lock(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flips: list[Path] = []
+
+    def forget_failures(state_dir: Path) -> bool:
+        flips.append(state_dir)
+        return True
+
+    monkeypatch.setattr(router, "forget_failures", forget_failures)
+    clock = Clock()
+    keeper = _supervised(stack, replicas=2, clock=clock)
+    keeper.ready = lambda record: False
+    _crash(stack, keeper, "app-1@blue")
+    _crash(stack, keeper, "worker")
+    keeper.act()
+    keeper.check_recovered()
+    assert flips == [] and len(keeper.recovering) == 2  # not ready yet
+    keeper.ready = lambda record: True
+    with stack.supervisor.session():  # a command is changing the stack: it routes itself
+        keeper.check_recovered()
+    assert flips == [] and keeper.recovering == {}
+    _crash(stack, keeper, "app-1@blue")
+    keeper.act()
+    clock.now += 1.0  # past the back-off of a second restart
+    keeper.act()
+    keeper.check_recovered()
+    assert flips == [stack.supervisor.state_file.state_dir]  # the replica, not the worker

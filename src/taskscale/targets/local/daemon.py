@@ -249,18 +249,37 @@ class Keeper:
         except TaskscaleError as exc:
             log.warning("could not restore nginx's routing: %s", exc)
 
+    def _back_behind_nginx(self, record: ServiceRecord) -> None:
+        # Under the lock: a command may be setting nginx's key (scale, rollout) right now,
+        # and it sets the key itself anyway.
+        with self.supervisor.state_file.try_locked(NAME) as holder:
+            if holder is not None:
+                return
+            live = self.supervisor.load().services.get(record.key)
+            if live is None or live.pid != record.pid:
+                return
+            state_dir = self.supervisor.state_file.state_dir
+            try:
+                if router.forget_failures(state_dir):
+                    log.info("%s is back behind nginx (fresh passive-check state)", record.name)
+            except TaskscaleError as exc:
+                log.warning("could not put %s back behind nginx: %s", record.name, exc)
+
     def _forget(self, key: Key, pid: int) -> None:
         self.exits.pop(key, None)
         self.due.pop(key, None)
         self.codes.pop(pid, None)
 
     def check_recovered(self) -> None:
-        """Log when each restarted service is ready again (the time a user waited)."""
+        """Log when each restarted service is ready again (the time a user waited); a ready
+        replica is put back behind nginx at once (``router.forget_failures``)."""
         now = self.clock()
         for key, (record, exited_at) in list(self.recovering.items()):
             if self.ready(record):
                 log.info("%s ready %.2fs after it exited", record.name, now - exited_at)
                 del self.recovering[key]
+                if record.kind == "app":
+                    self._back_behind_nginx(record)
             elif now - exited_at > self.ready_timeout:
                 log.warning("%s not ready %.0fs after it exited", record.name, now - exited_at)
                 del self.recovering[key]

@@ -134,3 +134,11 @@ def restore_routing(state_dir: Path, binary: Path, replicas: int, slot: Slot) ->
         )
     nginx.set_replicas(control, replicas, green=slot == "green")
     return True
+
+
+def forget_failures(state_dir: Path) -> bool:
+    """nginx's passive checks marked a replica failed while it was down; now that it is ready
+    again, route through the twin groups (same replicas, no failure marks) so it gets requests
+    at once. False for a static nginx or one that does not answer."""
+    control = control_socket(state_dir)
+    return control.exists() and nginx.switch_twin(control)
