@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from taskscale import proc
+from taskscale import __version__, proc
 from taskscale.errors import TaskscaleError
 from taskscale.targets import ports
 from taskscale.targets.local import postgres, preload, probes, router
@@ -206,16 +206,20 @@ class Keeper:
             if postgres.remove_stale_lock_files(spec.argv, socket_dir, record.port, record.pid):
                 log.info("%s: removed the dead postmaster's lock files", record.name)
         pid = self._fork(spec) if record.kind == "app" else None
-        run.forget([record])
+
+        def counted(new: ServiceRecord) -> None:
+            new.restarts = record.restarts + 1
+            new.restart_times = [*self.policy.recent(record.restart_times, now), now]
+            new.last_exit = how
+
+        # Replaced in one write of the state (same key, spec rewritten): nobody reading it sees
+        # the service missing or half restarted.
+        run.state.remove(record)
         new = (
-            self.supervisor.spawn(run, spec)
+            self.supervisor.spawn(run, spec, counted)
             if pid is None
-            else self.supervisor.adopt(run, spec, pid)
+            else self.supervisor.adopt(run, spec, pid, counted)
         )
-        new.restarts = record.restarts + 1
-        new.restart_times = [*self.policy.recent(record.restart_times, now), now]
-        new.last_exit = how
-        run.state_file.save(run.state)
         self._forget(key, record.pid)
         text = (
             f"{record.name} exited ({how}); started again as pid {new.pid} (restart {new.restarts})"
@@ -433,9 +437,11 @@ _ENTRY = "import sys; from taskscale.targets.local.daemon import main; sys.exit(
 def argv(
     state_dir: Path, python: str, root: Path, policy: RestartPolicy, ready: float
 ) -> list[str]:
-    """How ``up`` starts the supervisor process (taskscale's own interpreter)."""
+    """How ``up`` starts the supervisor process (taskscale's own interpreter). The version is
+    part of it, so ``up`` after an upgrade replaces a supervisor running the old code."""
     return [
         sys.executable, "-c", _ENTRY,
+        "--taskscale-version", __version__,
         "--state-dir", os.fspath(state_dir),
         "--python", python,
         "--root", os.fspath(root),
@@ -471,6 +477,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--python", required=True)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--ready-timeout", type=float, default=30.0)
+    parser.add_argument("--taskscale-version", default=__version__)
     parser.add_argument("--max-restarts", type=int, default=5)
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--backoff-base", type=float, default=0.5)

@@ -71,6 +71,8 @@ STOP_ORDER: tuple[tuple[ServiceKind, ...], ...] = (
     ("app", "worker"),
     ("redis", "kafka", "postgres"),
 )
+# Completes a new record before it is saved (``Supervisor.adopt``).
+Amend = Callable[[ServiceRecord], None]
 # Readiness probes are cheap (a refused connect until the service listens): poll often, a late
 # answer costs the whole command.
 READY_POLL = 0.05
@@ -247,14 +249,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------ start
 
-    def spawn(self, run: Run, spec: ProcessSpec) -> ServiceRecord:
+    def spawn(self, run: Run, spec: ProcessSpec, amend: Amend | None = None) -> ServiceRecord:
         """Start ``spec`` and record it at once (undone if this run fails)."""
         log = self.log_path(spec.name)
         pid = self.runner.spawn(spec.argv, log_path=log, cwd=spec.cwd, env=spec.env)
-        return self.adopt(run, spec, pid)
+        return self.adopt(run, spec, pid, amend)
 
-    def adopt(self, run: Run, spec: ProcessSpec, pid: int) -> ServiceRecord:
-        """Record a process started for ``spec`` by someone else (the replica launcher)."""
+    def adopt(
+        self, run: Run, spec: ProcessSpec, pid: int, amend: Amend | None = None
+    ) -> ServiceRecord:
+        """Record a process started for ``spec`` by someone else (the replica launcher).
+        ``amend`` completes the record before it is saved (a restart's counters), so nobody
+        reading the state sees it half written."""
         record = ServiceRecord.spawned(
             spec.name,
             spec.kind,
@@ -265,6 +271,8 @@ class Supervisor:
             slot=spec.slot,
             proc_start=self.runner.start_time(pid),
         )
+        if amend is not None:
+            amend(record)
         run.record(record, spec)
         return record
 
