@@ -40,7 +40,7 @@ from taskscale import proc
 from taskscale.config import load_project
 from taskscale.scaffold import NewProjectSpec, create_project
 from taskscale.targets.local import LocalTarget
-from taskscale.targets.local.daemon import service_ready
+from taskscale.targets.local.keeper import service_ready
 from taskscale.targets.local.ports import move_to_free_ports
 from taskscale.targets.local.probes import status as probe
 from taskscale.targets.local.state import ServiceRecord

@@ -20,12 +20,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 from taskscale import proc
 from taskscale.config import load_project
 from taskscale.scaffold import NewProjectSpec, create_project
 from taskscale.targets.local import LocalTarget
-from taskscale.targets.local.daemon import service_ready
+from taskscale.targets.local.keeper import service_ready
 from taskscale.targets.local.ports import port_free
 from taskscale.targets.local.state import ServiceRecord, StateFile
 from tests.conftest import CliRunner
@@ -122,6 +123,15 @@ def test_every_kind_of_service_comes_back_by_itself(
         assert created.status_code == 201, created.text
         task_id = created.json()["id"]
 
+    # Redis keeps its persistence settings: a key in its AOF survives the kill.
+    password = load_project(project).credentials().redis_password
+    cache = redis.Redis(port=load_project(project).config.ports.redis, password=password)
+    cache.set("survives", "yes")
+    aof = project / ".taskscale" / "redis"
+    assert proc.poll_until(  # appendfsync everysec
+        lambda: any(b"survives" in f.read_bytes() for f in aof.rglob("*.aof*") if f.is_file()), 5
+    )
+
     for name in ("app-2", "worker", "nginx", "redis", "kafka", "postgres"):
         old = _pid(project, name)
         os.kill(old, signal.SIGKILL)
@@ -130,6 +140,8 @@ def test_every_kind_of_service_comes_back_by_itself(
         row = _status(run_cli, project)[name]
         assert (row["state"], row["restarts"]) == ("running", 1), row
 
+    assert cache.get("survives") == b"yes"
+    cache.close()
     # The replica is back behind nginx (routing restored after nginx's own restart too).
     assert proc.poll_until(lambda: "rtest-app-2" in _instances(api, 30), COME_BACK)
     assert set(_instances(api, 60)) == {"rtest-app-1", "rtest-app-2", "rtest-app-3"}

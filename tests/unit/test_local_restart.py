@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from taskscale.targets.local import daemon, postgres, router
-from taskscale.targets.local.daemon import Keeper
 from taskscale.targets.local.health import Health
+from taskscale.targets.local.keeper import Keeper
 from taskscale.targets.local.policy import RestartPolicy
 from taskscale.targets.local.state import SUPERVISOR_OWNER, StateFile
 from taskscale.targets.local.supervisor import ProcessSpec, Run
