@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from taskscale.errors import MissingBinary
 from taskscale.targets.local import daemon, postgres, router
 from taskscale.targets.local.health import Health
 from taskscale.targets.local.keeper import Keeper
@@ -380,3 +381,29 @@ def test_a_ready_replica_is_put_back_behind_nginx_under_the_lock(
     keeper.act()
     keeper.check_recovered()
     assert flips == [stack.supervisor.state_file.state_dir]  # the replica, not the worker
+
+
+def test_a_restart_that_cannot_start_counts_until_the_crash_loop_limit(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    keeper = _supervised(stack, replicas=1, clock=clock)
+    real_spawn = stack.runner.spawn
+
+    def spawn(
+        argv: list[str], *, log_path: Path, cwd: Path | None, env: dict[str, str] | None
+    ) -> int:
+        if log_path.stem == "worker":
+            raise MissingBinary(f"program not found: {argv[0]}")
+        return real_spawn(argv, log_path=log_path, cwd=cwd, env=env)
+
+    monkeypatch.setattr(stack.runner, "spawn", spawn)
+    dead = stack.supervisor.load().services["worker"]
+    _crash(stack, keeper, "worker")
+    for _ in range(20):  # bounded: the limit (3 within 60 s) ends it well before
+        keeper.act()
+        clock.now += 2.0
+    record = stack.supervisor.load().services["worker"]
+    assert record.pid == dead.pid and record.crash_loop
+    assert record.restarts == 3
+    assert record.last_exit is not None and record.last_exit.startswith("not restarted: program")

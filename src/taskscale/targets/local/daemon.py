@@ -69,6 +69,7 @@ class Watcher:
         self.watched: dict[Key, int] = {}
         self.signature: tuple[int, int, int] | None = None
         self.stop = False
+        self.lock_busy = False  # a command held the lock at the last attempt: retry soon
         read, write = os.pipe()
         os.set_blocking(write, False)
         os.set_blocking(read, False)
@@ -135,27 +136,40 @@ class Watcher:
         return IDLE_POLL
 
     def run(self) -> None:
-        lock_busy = False
-        self.refresh()
+        first = True
         while not self.stop and not self.keeper.stale:
-            events = self.poller.poll(self.timeout(self.keeper.clock(), lock_busy) * 1000)
-            self.keeper.reaped(proc.reap_children())
-            for fd, _ in events:
-                if fd == self.wakeup:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(fd, 512)
-                elif fd in self.fds:
-                    self.keeper.exited(self._unwatch(fd))
-            if self.stop:
-                break
+            try:
+                if first:
+                    self.refresh()
+                    first = False
+                self.step()
+            except Exception:
+                # One failure (a state file being rewritten, a probe) must not end the
+                # supervision of the whole stack: log it, look again at the next wake-up.
+                log.exception("supervisor step failed; going on")
+                self.signature = None
+                self.lock_busy = False
+
+    def step(self) -> None:
+        """One wake-up: wait for an exit (or the next due restart), then act on it."""
+        timeout = self.timeout(self.keeper.clock(), self.lock_busy)
+        events = self.poller.poll(timeout * 1000)
+        self.keeper.reaped(proc.reap_children())
+        for fd, _ in events:
+            if fd == self.wakeup:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 512)
+            elif fd in self.fds:
+                self.keeper.exited(self._unwatch(fd))
+        if self.stop:
+            return
+        self.refresh()
+        self.lock_busy = False
+        if self.keeper.pending(self.keeper.clock()):
+            self.lock_busy = not self.keeper.act()
+            self.signature = None  # we (may have) changed state.json: watch the new pids
             self.refresh()
-            if self.keeper.pending(self.keeper.clock()):
-                lock_busy = not self.keeper.act()
-                self.signature = None  # we (may have) changed state.json: watch the new pids
-                self.refresh()
-            else:
-                lock_busy = False
-            self.keeper.check_recovered()
+        self.keeper.check_recovered()
 
 
 class Zygotes:

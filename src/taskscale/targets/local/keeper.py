@@ -107,7 +107,10 @@ class Keeper:
                     continue
                 if self.supervisor.alive(record):
                     continue
-                self.handle(run, record, now)
+                try:
+                    self.handle(run, record, now)
+                except (TaskscaleError, OSError) as exc:
+                    self.failed(run, record, now, exc)
             live = {(r.key, r.pid) for r in run.state.services.values()}
             for stale in [k for k in self.exits if k not in live]:
                 self.exits.pop(stale, None)
@@ -118,6 +121,8 @@ class Keeper:
         key = (record.key, record.pid)
         exited_at = self.exits.setdefault(key, now)
         how = proc.describe_exit(self.codes.get(record.pid))
+        if how == "unknown" and record.last_exit is not None:
+            how = record.last_exit  # learnt about this process before (an earlier attempt)
         decision = self.policy.decide(record.restart_times, exited_at)
         if decision.action == "give-up":
             record.crash_loop = True
@@ -147,6 +152,19 @@ class Keeper:
                 )
             return
         self.restart(run, record, how, exited_at, now)
+
+    def failed(self, run: Run, record: ServiceRecord, now: float, exc: BaseException) -> None:
+        """A restart that could not even start (a program gone, a full disk): it counts as a
+        restart, so the crash-loop limit ends the attempts; the supervisor itself goes on."""
+        log.warning("%s could not be started again: %s", record.name, exc)
+        if record.key not in run.state.services:  # removed before the spawn failed
+            run.state.add(record)
+        record.restarts += 1
+        record.restart_times = [*self.policy.recent(record.restart_times, now), now]
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        record.last_exit = f"not restarted: {reason}"
+        run.state_file.save(run.state)
+        self._forget((record.key, record.pid), record.pid)
 
     def restart(
         self, run: Run, record: ServiceRecord, how: str, exited_at: float, now: float
