@@ -10,6 +10,9 @@ is a first restart (no back-off): what a single crash costs.
    Printed: kill -> the new process answers ``/readyz`` on its port, and kill -> the first
    request through nginx answered by app-2 again ("back behind nginx", the issue's <= 2 s),
    and the requests that failed meanwhile (nginx retries refused GETs on another replica).
+   Then again under load: ``--load-procs`` (default 2) processes loop ``GET /tasks/?limit=5``
+   through nginx meanwhile (the 2 cores busy with nginx, the replicas and PostgreSQL); their
+   request and failure counts are printed.
 2. The same replica restarted from a fresh interpreter instead of the supervisor's zygote
    (supervisor stopped, ``Supervisor.spawn``), for the ratio the zygote buys.
 3. Every other kind (worker, nginx, Redis, Kafka, PostgreSQL): kill -> ready (port
@@ -27,6 +30,7 @@ import os
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +51,37 @@ from taskscale.targets.local.state import ServiceRecord
 
 BETWEEN_RUNS = 2.5  # longer than the bench project's restart window: no back-off
 TIMEOUT = 30.0
+# A load process: GET a path through nginx in a loop for some seconds (bounded in count too).
+LOAD = r"""
+import sys, time, httpx
+api, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+sent = failed = 0
+deadline = time.monotonic() + seconds
+with httpx.Client(base_url=api, timeout=5, trust_env=False) as client:
+    while time.monotonic() < deadline and sent < 5_000_000:
+        sent += 1
+        try:
+            if client.get(path).status_code != 200:
+                failed += 1
+        except httpx.HTTPError:
+            failed += 1
+print(sent, failed)
+"""
+
+
+@contextlib.contextmanager
+def loaded(api: str, processes: int, seconds: float) -> Iterator[list[tuple[int, int]]]:
+    """``processes`` load processes for ``seconds``; the list gets (sent, failed) of each."""
+    argv = [sys.executable, "-c", LOAD, api, "/tasks/?limit=5", str(seconds)]
+    started = [proc.start(argv, timeout=seconds + 60) for _ in range(processes)]
+    counts: list[tuple[int, int]] = []
+    try:
+        yield counts
+    finally:
+        for one in started:
+            result = one.finish("", check=False)
+            sent, failed = (int(x) for x in (result.stdout.split() or ["0", "0"])[:2])
+            counts.append((sent, failed))
 
 
 @dataclass
@@ -221,6 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="generate the project here and keep it")
+    parser.add_argument("--load-procs", type=int, default=2)
     options = parser.parse_args()
     root = options.keep or Path(tempfile.mkdtemp(prefix="ts-restart-"))
     project = create_project(
@@ -254,6 +290,20 @@ def main() -> None:
             f"{median(replica['behind_nginx'])} s runs "
             f"{[round(x, 3) for x in replica['behind_nginx']]} (issue: <= 2 s); failed GETs "
             f"meanwhile {[int(x) for x in replica['failed_requests']]}"
+        )
+        seconds = options.runs * (BETWEEN_RUNS + 1.5) + 3
+        with loaded(api, options.load_procs, seconds) as counts:
+            time.sleep(2.0)  # the load settles
+            under = replica_runs(target, api, "rbench-app-2", options.runs)
+        print(
+            f"under load ({options.load_procs} processes, load average "
+            f"{os.getloadavg()[0]:.2f}): /readyz median {median(under['ready'])} s "
+            f"runs {[round(x, 3) for x in under['ready']]}; back behind nginx median "
+            f"{median(under['behind_nginx'])} s runs {[round(x, 3) for x in under['behind_nginx']]}"
+        )
+        print(
+            f"  load requests sent/failed per process: {counts} (failed GETs of the probe "
+            f"client: {[int(x) for x in under['failed_requests']]})"
         )
         for name in ("worker", "nginx", "redis", "kafka", "postgres"):
             result = kind_runs(target, api, name, options.runs)
