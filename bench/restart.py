@@ -125,7 +125,7 @@ def looping(api: str) -> Iterator[Loop]:
 
 
 def find(target: LocalTarget, name: str) -> ServiceRecord | None:
-    return next((r for r in target.supervisor.load().services.values() if r.name == name), None)
+    return target.supervisor.record_of(name)
 
 
 def record(target: LocalTarget, name: str) -> ServiceRecord:

@@ -407,3 +407,17 @@ def test_a_restart_that_cannot_start_counts_until_the_crash_loop_limit(
     assert record.pid == dead.pid and record.crash_loop
     assert record.restarts == 3
     assert record.last_exit is not None and record.last_exit.startswith("not restarted: program")
+
+
+def test_a_service_is_found_by_the_name_users_see(stack: Stack) -> None:
+    """For fault injection (`taskscale drill`): pid and spec of `app-2` whatever its slot."""
+    stack.up(2)
+    stack.rollout()
+    record = stack.supervisor.record_of("app-2")
+    assert record is not None and (record.slot, record.port) == (
+        "green",
+        stack.base + stack.top + 1,
+    )
+    spec = stack.supervisor.spec(record)
+    assert spec is not None and spec.slot == "green"
+    assert stack.supervisor.record_of("nope") is None

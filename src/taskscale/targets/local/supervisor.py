@@ -225,6 +225,12 @@ class Supervisor:
     def load(self) -> StackState:
         return self.state_file.load()
 
+    def record_of(self, name: str, state: StackState | None = None) -> ServiceRecord | None:
+        """The record of the service users call ``name`` (``postgres``, ``worker``, ``app-2``
+        in whichever slot it runs; during a rollout, the newest of its two)."""
+        records = [r for r in (state or self.load()).services.values() if r.name == name]
+        return max(records, key=lambda r: r.started_at, default=None)
+
     def spec(self, record: ServiceRecord) -> ProcessSpec | None:
         """How ``record`` was started (None for a stack started before specs were kept)."""
         data = SpecFiles(self.state_file.state_dir).load(record.key)
