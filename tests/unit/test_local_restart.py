@@ -252,6 +252,9 @@ def test_a_service_without_a_recorded_spec_is_left_for_up(stack: Stack) -> None:
     assert stack.events == []
     assert stack.supervisor.load().services["worker"].pid == record.pid
     assert not keeper.pending(keeper.clock())
+    health = Health(stack.fleet.project, stack.supervisor)
+    rows = {s.name: s.state for s in health.statuses(stack.supervisor.load())}
+    assert rows["worker"] == "dead"  # not "restarting": nothing will
 
 
 def test_nginx_restarts_without_its_stale_control_socket(stack: Stack) -> None:

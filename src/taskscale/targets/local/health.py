@@ -60,7 +60,11 @@ class Health:
         if not self.supervisor.alive(record):
             if record.crash_loop:
                 state = "crash-loop"
-            elif supervised and record.kind != SUPERVISOR:
+            elif (
+                supervised
+                and record.kind != SUPERVISOR
+                and self.supervisor.spec(record) is not None  # else it cannot restart it
+            ):
                 state = "restarting"
             else:
                 state = "dead"
