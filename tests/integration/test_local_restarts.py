@@ -78,8 +78,15 @@ def _status(run_cli: CliRunner, project: Path) -> dict[str, dict[str, object]]:
 
 
 def _instances(api: str, count: int) -> Counter[str]:
+    """Which replica answered each of ``count`` GETs through nginx ("HTTP 502" when none)."""
     with httpx.Client(base_url=api, timeout=5, trust_env=False) as client:
-        return Counter(client.get("/healthz").headers["x-instance-id"] for _ in range(count))
+        answers = (client.get("/healthz") for _ in range(count))
+        return Counter(r.headers.get("x-instance-id", f"HTTP {r.status_code}") for r in answers)
+
+
+def _why(project: Path) -> str:
+    """The supervisor's account, for a failed assertion."""
+    return proc.file_tail(project / ".taskscale" / "logs" / "supervisor.log", 15) or "(no log)"
 
 
 def _set_restart(project: Path, **settings: object) -> None:
@@ -136,15 +143,16 @@ def test_every_kind_of_service_comes_back_by_itself(
         old = _pid(project, name)
         os.kill(old, signal.SIGKILL)
         record = _back(project, name, old)
-        assert record.restarts == 1, name
+        assert record.restarts == 1, (name, _why(project))
         row = _status(run_cli, project)[name]
-        assert (row["state"], row["restarts"]) == ("running", 1), row
+        assert (row["state"], row["restarts"]) == ("running", 1), (row, _why(project))
 
     assert cache.get("survives") == b"yes"
     cache.close()
     # The replica is back behind nginx (routing restored after nginx's own restart too).
-    assert proc.poll_until(lambda: "rtest-app-2" in _instances(api, 30), COME_BACK)
-    assert set(_instances(api, 60)) == {"rtest-app-1", "rtest-app-2", "rtest-app-3"}
+    assert proc.poll_until(lambda: "rtest-app-2" in _instances(api, 30), COME_BACK), _why(project)
+    seen = _instances(api, 60)
+    assert set(seen) == {"rtest-app-1", "rtest-app-2", "rtest-app-3"}, (seen, _why(project))
     # PostgreSQL came back with its data (the app's pool recovers its connections by itself).
     with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
         assert proc.poll_until(lambda: client.get(f"/tasks/{task_id}").status_code == 200, 30)
@@ -153,7 +161,7 @@ def test_every_kind_of_service_comes_back_by_itself(
     old = _pid(project, "app-2")
     os.kill(old, signal.SIGKILL)
     record = _back(project, "app-2", old)
-    assert (record.restarts, record.last_exit) == (2, "SIGKILL")
+    assert (record.restarts, record.last_exit) == (2, "SIGKILL"), _why(project)
     row = _status(run_cli, project)["app-2"]
     assert (row["restarts"], row["last_exit"]) == (2, "SIGKILL")
     human = run_cli("status", "--project", str(project))
