@@ -34,7 +34,7 @@ from tests.integration.conftest import recorded_pids, set_free_ports, stopping_s
 
 pytestmark = pytest.mark.slow
 
-COME_BACK = 20.0  # generous bound on a shared 2-core machine; bench/restart.py measures
+COME_BACK = 30.0  # generous bound on a shared 2-core machine; bench/restart.py measures
 
 
 def _record(project: Path, name: str) -> ServiceRecord | None:
