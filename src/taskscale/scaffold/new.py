@@ -17,6 +17,7 @@ from typing import Any
 from taskscale import __version__, proc
 from taskscale.config import (
     CONFIG_FILE,
+    Auth,
     Broker,
     ImagesSection,
     KubernetesSection,
@@ -39,6 +40,7 @@ class NewProjectSpec:
     name: str
     output_dir: Path
     broker: Broker = "redis"
+    auth: Auth = "jwt"
     force: bool = False
     git: bool = True
 
@@ -61,10 +63,14 @@ class NewProjectResult:
         }
 
 
-def default_config(name: str, broker: Broker) -> ProjectConfig:
+def default_config(name: str, broker: Broker, auth: Auth = "jwt") -> ProjectConfig:
     return ProjectConfig(
         project=ProjectSection(
-            name=name, package=package_name(name), broker=broker, taskscale_version=__version__
+            name=name,
+            package=package_name(name),
+            broker=broker,
+            auth=auth,
+            taskscale_version=__version__,
         ),
         images=ImagesSection(app=f"{name}-app:latest", worker=f"{name}-app:latest"),
         kubernetes=KubernetesSection(namespace=name),
@@ -77,6 +83,7 @@ def template_context(config: ProjectConfig) -> dict[str, Any]:
         "name": config.project.name,
         "package": config.project.package,
         "broker": config.project.broker,
+        "auth": config.project.auth,
         "taskscale_version": config.project.taskscale_version,
         "ports": config.ports,
         "images": config.images,
@@ -131,7 +138,7 @@ def create_project(spec: NewProjectSpec) -> NewProjectResult:
             hint="choose another name or --output-dir, or pass --force to overwrite its files",
         )
 
-    config = default_config(name, spec.broker)
+    config = default_config(name, spec.broker, spec.auth)
     existing_env: dict[str, str] = {}
     if not_empty and (target / ENV_FILE).is_file():
         # Keep the secrets of an existing project: its database was initialised with them.
