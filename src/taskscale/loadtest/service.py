@@ -22,6 +22,7 @@ from taskscale import __version__, proc
 from taskscale.config import Project
 from taskscale.errors import TargetError, TaskscaleError, UsageError
 from taskscale.loadtest import summary
+from taskscale.loadtest.channel import INCLUDE_SETUP_ENV
 from taskscale.loadtest.compare import compare
 from taskscale.loadtest.metrics import RunMetrics
 from taskscale.loadtest.runner import LocustJob, ProgressCallback, run_locust
@@ -288,7 +289,11 @@ def build_report(
         slo=results,
         environment=environment,
         generator=generator,
-        notes=[*(notes or []), *_rate_note(environment.rate, total.rps)],
+        notes=[
+            *(notes or []),
+            *summary.excluded_note(endpoints),
+            *_rate_note(environment.rate, total.rps),
+        ],
     )
     if baseline is not None:
         report.baseline = compare(report, baseline, path=baseline_path, threshold_pct=threshold_pct)
@@ -314,7 +319,7 @@ def _run_once(
         run_dir=run_dir,
         rate=spec.rate,
         stop_timeout_s=spec.stop_timeout_s,
-        env=ctx.scenario_env,
+        env={**ctx.scenario_env, **({INCLUDE_SETUP_ENV: "1"} if spec.include_setup else {})},
         label=label,
     )
     run = (
