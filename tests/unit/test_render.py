@@ -31,6 +31,11 @@ JWT_ONLY = {
 }
 
 
+def test_the_guide_to_adding_a_resource_is_generated_for_both_answers(rendered: Path) -> None:
+    guide = (rendered / "docs" / "adding-a-resource.md").read_text(encoding="utf-8")
+    assert "app/api/routes/notes.py" in guide and 'resource("notes")' in guide
+
+
 @pytest.fixture(scope="module", params=ANSWERS, ids=lambda a: "-".join(a))
 def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     broker, auth = request.param
