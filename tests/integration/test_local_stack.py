@@ -21,11 +21,28 @@ import pytest
 
 from taskscale import proc
 from taskscale.targets.local.ports import port_free
-from tests.client_loop import looping_clients
+from tests.client_loop import api_client, looping_clients
 from tests.conftest import CliResult, CliRunner
 from tests.integration.conftest import recorded_pids
 
 pytestmark = pytest.mark.slow
+
+
+def assert_no_path_around_auth(api: str, task_id: int, secret: str) -> None:
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as anonymous:
+        for headers in ({}, {"Authorization": "Bearer forged"}, {"X-Read-Consistency": "primary"}):
+            response = anonymous.get(f"/tasks/{task_id}", headers=headers)
+            assert response.status_code == 401 and secret not in response.text, response.text
+        account = {"email": "intruder@example.com", "password": "intruder password"}
+        assert anonymous.post("/auth/register", json=account).status_code == 201
+        form = {"username": account["email"], "password": account["password"]}
+        token = anonymous.post("/auth/token", data=form).json()["access_token"]
+        intruder = {"Authorization": f"Bearer {token}"}
+        for _ in range(6):  # every replica, round-robin
+            response = anonymous.get(f"/tasks/{task_id}", headers=intruder)
+            assert response.status_code == 404 and secret not in response.text, response.text
+        # nginx refuses /metrics on the public port, whatever a client sends.
+        assert anonymous.get("/metrics").status_code == 404
 
 
 def _status(run_cli: CliRunner, project: Path) -> dict[str, object]:
@@ -66,13 +83,18 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     assert status["endpoints"] == {"api": api}
 
     # 60 requests through nginx reach all three replicas.
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         seen = Counter(client.get("/healthz").headers["x-instance-id"] for _ in range(60))
         assert set(seen) == {"itest-app-1", "itest-app-2", "itest-app-3"}, seen
         created = client.post("/tasks/", json={"title": "through nginx"})
         assert created.status_code == 201, created.text
         task_id = created.json()["id"]
         assert client.get(f"/tasks/{task_id}").status_code == 200
+        # No path around auth: once the task is in Redis and in every replica's memory (a read
+        # per replica), it is still 401 without a token and 404 with another user's.
+        for _ in range(12):
+            assert client.get(f"/tasks/{task_id}").json()["title"] == "through nginx"
+    assert_no_path_around_auth(api, task_id, "through nginx")
 
     # Scale out to 5, then in to 1, while clients loop: zero failed requests.
     for replicas in (5, 1):
@@ -99,7 +121,7 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     app1 = _services(_status(run_cli, project))["app-1"]
     assert app1["state"] == "running" and app1["healthy"] is True
     assert app1["pid"] != old_pid
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         assert client.get(f"/tasks/{task_id}").status_code == 200  # data kept
 
     # logs of one service, and of an unknown one.

@@ -1,6 +1,6 @@
 """PostgreSQL connection pools (psycopg 3 async pool): one primary, optional read replicas.
 
-The request path executes SQL compiled once from SQLAlchemy Core statements (see app/crud.py) on
+The request path executes SQL compiled once from SQLAlchemy Core statements (see app/core/sql.py) on
 psycopg's async pool. Measured on the reference machine, SQLAlchemy's AsyncConnection adds about
 2.5x CPU per query on top of the driver (greenlet hops, result processing), which is the whole
 budget of an uncached GET, so the hot paths talk to the driver directly. SQLAlchemy owns the

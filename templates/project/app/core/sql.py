@@ -41,5 +41,6 @@ async def fetch_all(conn: Conn, sql: str, params: dict[str, Any]) -> list[Row]:
 
 
 def to_json(value: Any) -> bytes:
-    """JSON bytes (datetimes as RFC 3339) of a row, a list of rows or any JSON-able value."""
-    return orjson.dumps(value)
+    """JSON bytes of a row, a list of rows or any JSON-able value; datetimes in RFC 3339 with
+    ``Z`` for UTC, as pydantic writes them (so every resource's timestamps look the same)."""
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z)

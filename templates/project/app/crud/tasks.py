@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from app.core.sql import Conn, compiled
+from app.core.sql import Conn, compiled, to_json
 from app.models import tasks
 
 TASK_COLUMNS = ("id", "title", "description", "status", "created_at", "updated_at")
@@ -109,7 +109,7 @@ def task_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def task_json(row: Sequence[Any]) -> bytes:
-    return orjson.dumps(task_dict(row))
+    return to_json(task_dict(row))
 
 
 async def get_task_json(conn: Conn, owner: int, task_id: int) -> bytes | None:
@@ -146,7 +146,7 @@ async def list_tasks(
     cur = await conn.execute(LIST_TASKS[(status is not None, after is not None)], params)
     rows = await cur.fetchall()
     next_after = rows[-1][0] if len(rows) == limit and rows else None
-    return orjson.dumps([task_dict(r) for r in rows]), next_after
+    return to_json([task_dict(r) for r in rows]), next_after
 
 
 async def create_task(conn: Conn, owner: int, title: str, description: str | None, status: str) -> tuple[int, bytes]:
