@@ -175,6 +175,11 @@ http {{
         # error shape; bigger bodies stop here, in the same shape.
         client_max_body_size 1m;
         error_page 413 = @too_large;
+        # Bodies and responses stay in memory, never in temp files: as root the workers run as
+        # an unprivileged user that cannot reach a project under a 0700 directory (mktemp -d),
+        # and a 16 KiB+ body or a large response would be a 500.
+        client_body_buffer_size 1m;
+        proxy_max_temp_file_size 0;
 
         location @too_large {{
             default_type application/json;
