@@ -23,6 +23,8 @@ STANDBY_PORTS = 8
 STATE_DIR = ".taskscale"
 
 Broker = Literal["redis", "kafka"]
+# jwt: bearer tokens and per-user tasks; none: the tutorial's open API.
+Auth = Literal["jwt", "none"]
 
 # A DNS-1123 label that also maps cleanly onto a Python package name (dashes -> underscores):
 # lower-case letters, digits and single dashes, starting with a letter, at most 63 characters.
@@ -51,6 +53,8 @@ class ProjectSection(_Model):
     name: str
     package: str
     broker: Broker = "redis"
+    # `taskscale new` always writes it; a file without it predates the answer (an open API).
+    auth: Auth = "none"
     taskscale_version: str
 
 

@@ -91,6 +91,23 @@ def test_force_overwrites_but_keeps_user_files_and_secrets(
     assert (project / ".env").read_text() == secrets_before
 
 
+def test_auth_is_jwt_by_default_and_recorded(run_cli: CliRunner, tmp_path: Path) -> None:
+    assert run_cli("new", "svc", "-o", str(tmp_path), "--no-git").exit_code == 0
+    assert run_cli("new", "open", "-o", str(tmp_path), "--no-git", "--auth", "none").exit_code == 0
+    assert 'auth = "jwt"' in (tmp_path / "svc" / "taskscale.toml").read_text()
+    assert (tmp_path / "svc" / "app" / "api" / "routes" / "auth.py").is_file()
+    assert 'auth = "none"' in (tmp_path / "open" / "taskscale.toml").read_text()
+    assert not (tmp_path / "open" / "app" / "api" / "routes" / "auth.py").exists()
+    assert not (tmp_path / "open" / "app" / "core" / "security.py").exists()
+
+
+def test_bad_auth(run_cli: CliRunner, tmp_path: Path) -> None:
+    result = run_cli("new", "svc", "-o", str(tmp_path), "--auth", "basic")
+    assert result.exit_code == 2
+    assert "--auth" in one_error_line(result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_broker(run_cli: CliRunner, tmp_path: Path) -> None:
     result = run_cli("new", "svc", "-o", str(tmp_path), "--broker", "rabbitmq")
     assert result.exit_code == 2

@@ -148,7 +148,7 @@ def test_new_writes_a_record_of_template_answers_and_render(
     project = generate(run_cli, tmp_path, "--broker", "kafka")
     record = read_record(project)
     assert record is not None
-    assert record.answers == {"name": "tasks-api", "broker": "kafka"}
+    assert record.answers == {"name": "tasks-api", "broker": "kafka", "auth": "jwt"}
     assert record.template == default_catalog().live().digest
     files = {
         p.relative_to(project).as_posix(): p.read_bytes()

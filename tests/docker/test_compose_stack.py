@@ -7,10 +7,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.client_loop import looping_clients
+from tests.client_loop import api_client, api_headers, looping_clients
 from tests.conftest import CliRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -25,7 +24,7 @@ def _status(run_cli: CliRunner, project: Path) -> dict[str, Any]:
 
 def _instances(api: str, count: int) -> Counter[str]:
     seen = Counter[str]()
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         for _ in range(count):
             response = client.get("/tasks/", params={"limit": 5})
             assert response.status_code == 200, response.text
@@ -53,13 +52,14 @@ def test_compose_up_scale_replicate_loadtest_down(
     unknown = run_cli("logs", "nosuch", "--project", project)
     assert unknown.exit_code == 2 and "choose one of" in unknown.stderr
 
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         created = client.post("/tasks/", json={"title": "compose"})
         assert created.status_code == 201, created.text
     assert len(_instances(api, 60)) == 3
 
     # Scale in while clients loop: nginx re-resolves the service, so no request may fail.
-    with looping_clients(api, "/tasks/", params={"limit": 5}, settle=2.0) as loop:
+    headers = api_headers(api)
+    with looping_clients(api, "/tasks/", params={"limit": 5}, settle=2.0, headers=headers) as loop:
         result = run_cli("up", "--replicas", "2", "--project", project)
     errors, answered = loop.errors, loop.answered
     assert result.exit_code == 0, result.stderr

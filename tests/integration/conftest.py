@@ -8,6 +8,7 @@ module-scoped stacks use too).
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,16 @@ from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.ports import move_to_free_ports
 from taskscale.targets.local.state import StateFile
 from tests.conftest import CliRunner
+
+
+def run_ok(argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
+    """Run a command (a test's own tool: pip, pytest, ruff) and return its stdout; fail the
+    test with the tails of both outputs when it exits non-zero."""
+    proc = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
 
 
 def set_free_ports(project: Path) -> dict[str, int]:

@@ -27,7 +27,7 @@ from taskscale.config import load_project, read_env_file
 from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.state import StateFile
 from taskscale.targets.local.topology import Topology
-from tests.client_loop import looping_clients
+from tests.client_loop import api_client, api_headers, looping_clients
 from tests.conftest import CliRunner
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,8 @@ def test_replication_lifecycle(
     bad = run_cli("replicate", "--replicas", "99", *p)
     assert bad.exit_code == 2 and "between 0 and" in bad.stderr
 
-    with looping_clients(api, "/tasks/", params={"limit": 5}, clients=2) as loop:
+    headers = api_headers(api)
+    with looping_clients(api, "/tasks/", params={"limit": 5}, clients=2, headers=headers) as loop:
         data = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
     assert loop.errors == [], loop.errors[:5]
     # The rollout moved the replicas to the other slot; their names stay app-1..N.
@@ -100,7 +101,7 @@ def test_replication_lifecycle(
     again = _json(run_cli, "replicate", "--replicas", "2", "--sync", "--json", *p)
     assert again["changed"] == []
 
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         created = _post(client, "replicated")
         assert created.status_code == 201
         task_id = int(created.json()["id"])
@@ -153,7 +154,7 @@ def test_replication_lifecycle(
     cluster = LocalTarget(load_project(project)).replication()
     with cluster.node("postgres-3").connect() as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         for i in range(20):
             assert _post(client, f"lag-{i}").status_code == 201
 
@@ -176,7 +177,7 @@ def test_replication_lifecycle(
     first = _json(run_cli, "replicate", "switchover", "--to", "postgres-2", "--json", *p)
     assert _nodes(first)["postgres-2"]["role"] == "primary"
     assert _nodes(first)["postgres"]["role"] == "standby"
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         assert proc.poll_until(lambda: _post(client, "after switchover").status_code == 201, 10)
         assert client.get(f"/tasks/{task_id}").status_code == 200
     back = _json(run_cli, "replicate", "switchover", "--to", "postgres", "--json", *p)
@@ -189,7 +190,7 @@ def test_replication_lifecycle(
     stop = threading.Event()
 
     def writer() -> None:
-        with httpx.Client(base_url=api, timeout=5, trust_env=False) as client:
+        with api_client(api, timeout=5) as client:
             deadline = time.monotonic() + 30
             n = 0
             while not stop.is_set() and time.monotonic() < deadline and n < 3000:
@@ -227,7 +228,7 @@ def test_replication_lifecycle(
     with _connect(project, port) as conn:
         rows = conn.execute("SELECT id FROM tasks WHERE id = ANY(%s)", (acknowledged,)).fetchall()
     assert {r[0] for r in rows} == set(acknowledged), "an acknowledged write was lost"
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with api_client(api) as client:
         assert proc.poll_until(lambda: _post(client, "after failover").status_code == 201, 10)
 
     rejoined = _json(run_cli, "replicate", "rejoin", "postgres", "--json", *p)

@@ -163,3 +163,35 @@ def test_generator_starved_on_a_busy_machine_counts_as_saturated() -> None:
         [0, 40, 42, 41, 40, 5], [0, 40, 42, 41, 40, 5], [200] * 6, processes=1, cpus=2
     )
     assert not waiting.saturated and waiting.note is not None and "compete" in waiting.note
+
+
+def test_setup_requests_are_kept_out_of_the_total_and_the_timeline() -> None:
+    recorder = Recorder()
+    _record(recorder, 50.0, at=T0, name="POST /auth/token (setup)")
+    _record(recorder, 80.0, at=T0 + 0.5, name="POST /tasks/ (setup)", failed=True)
+    for i in range(10):
+        _record(recorder, 2.0, at=T0 + 2 + i / 10)
+    assert recorder.total.counts.requests == 10
+    assert recorder.total.hist.get_max_value() < 3000  # no setup latency in the total
+    assert sum(s.counts.requests for s in recorder.seconds.values()) == 10
+    assert recorder.first_start > T0 + 1  # the run's window starts with the measured requests
+    setup = recorder.endpoints[("GET", "POST /tasks/ (setup)")]
+    assert (setup.counts.requests, setup.counts.failures) == (1, 1)
+    merged = RunMetrics.from_dumps([json.loads(json.dumps(recorder.dump()))])
+    assert merged.excluded == {("GET", "POST /auth/token (setup)"), ("GET", "POST /tasks/ (setup)")}
+    stats = {e.name: e for e in summary.endpoints(merged)}
+    assert stats["POST /auth/token (setup)"].excluded and not stats["/a"].excluded
+    assert summary.totals(merged).failures == 0
+    note = summary.excluded_note(summary.endpoints(merged))
+    assert len(note) == 1 and "2 setup request(s) excluded" in note[0]
+    assert "GET POST /auth/token (setup) x1" in note[0] and "--include-setup" in note[0]
+
+
+def test_include_setup_counts_them_like_any_request() -> None:
+    recorder = Recorder(include_setup=True)
+    _record(recorder, 50.0, at=T0, name="POST /auth/token (setup)")
+    _record(recorder, 2.0, at=T0 + 1)
+    assert recorder.total.counts.requests == 2
+    merged = RunMetrics.from_dumps([recorder.dump()])
+    assert merged.excluded == set()
+    assert summary.excluded_note(summary.endpoints(merged)) == []

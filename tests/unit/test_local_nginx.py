@@ -31,6 +31,17 @@ def test_proxy_settings_keep_connections_and_retry_only_idempotent(tmp_path: Pat
     assert "non_idempotent" not in text.replace("(no `non_idempotent`)", "")
 
 
+def test_clients_cannot_choose_their_address_or_reach_metrics(tmp_path: Path) -> None:
+    text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100])
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in text
+    assert "$proxy_add_x_forwarded_for" not in text  # appending would keep a forged address
+    assert "location = /metrics {" in text and "return 404" in text
+    assert "client_max_body_size 1m;" in text and "error_page 413 = @too_large;" in text
+    # Never a temp file (an unprivileged worker may not reach the state dir): bodies up to the
+    # limit are buffered in memory, responses streamed.
+    assert "client_body_buffer_size 1m;" in text and "proxy_max_temp_file_size 0;" in text
+
+
 def test_upstream_keepalive_closes_before_the_replica_does(tmp_path: Path) -> None:
     assert nginx.UPSTREAM_KEEPALIVE_TIMEOUT < nginx.APP_KEEPALIVE_TIMEOUT
     text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100])

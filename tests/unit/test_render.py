@@ -19,14 +19,30 @@ from taskscale.scaffold import NewProjectSpec, create_project, render_tree, temp
 from taskscale.scaffold.new import default_config
 from taskscale.scaffold.values import template_context
 
-BROKERS = ["redis", "kafka"]
+ANSWERS = [("redis", "jwt"), ("kafka", "jwt"), ("redis", "none"), ("kafka", "none")]
+# Files that exist only for --auth jwt (their templates render to nothing with none).
+JWT_ONLY = {
+    "app/core/security.py",
+    "app/api/routes/auth.py",
+    "app/api/routes/users.py",
+    "app/crud/users.py",
+    "app/schemas/users.py",
+    "migrations/versions/0002_users.py",
+    "tests/test_auth.py",
+}
 
 
-@pytest.fixture(scope="module", params=BROKERS)
+def test_the_guide_to_adding_a_resource_is_generated_for_both_answers(rendered: Path) -> None:
+    guide = (rendered / "docs" / "adding-a-resource.md").read_text(encoding="utf-8")
+    assert "app/api/routes/notes.py" in guide and 'resource("notes")' in guide
+
+
+@pytest.fixture(scope="module", params=ANSWERS, ids=lambda a: "-".join(a))
 def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp(f"render-{request.param}")
+    broker, auth = request.param
+    out = tmp_path_factory.mktemp(f"render-{broker}-{auth}")
     result = create_project(
-        NewProjectSpec(name="tasks-api", output_dir=out, broker=request.param, git=False)
+        NewProjectSpec(name="tasks-api", output_dir=out, broker=broker, auth=auth, git=False)
     )
     return result.path
 
@@ -38,7 +54,10 @@ def test_every_template_is_rendered_or_copied(rendered: Path) -> None:
         if p.is_file() and "__pycache__" not in p.parts
     }
     produced = {p.relative_to(rendered).as_posix() for p in rendered.rglob("*") if p.is_file()}
-    assert sources <= produced
+    auth = load_config(rendered / "taskscale.toml").project.auth
+    expected = sources if auth == "jwt" else sources - JWT_ONLY
+    assert expected <= produced
+    assert auth == "jwt" or not produced & JWT_ONLY
     assert not any(name.endswith(".jinja") for name in produced)
 
 
@@ -76,7 +95,22 @@ def test_yaml_and_toml_parse(rendered: Path) -> None:
 
 def test_config_round_trips(rendered: Path) -> None:
     config = load_config(rendered / "taskscale.toml")
-    assert config == default_config("tasks-api", config.project.broker)
+    assert config == default_config("tasks-api", config.project.broker, config.project.auth)
+
+
+def test_templates_rendering_to_nothing_are_not_written(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "always.py.jinja").write_text("x = 1\n")
+    (src / "only_jwt.py.jinja").write_text('{% if auth == "jwt" %}y = 2\n{% endif %}')
+    assert [p.as_posix() for p in render_tree(src, tmp_path / "a", {"auth": "jwt"})] == [
+        "always.py",
+        "only_jwt.py",
+    ]
+    assert [p.as_posix() for p in render_tree(src, tmp_path / "b", {"auth": "none"})] == [
+        "always.py"
+    ]
+    assert not (tmp_path / "b" / "only_jwt.py").exists()
 
 
 def test_rendering_is_strict_about_undefined_variables(tmp_path: Path) -> None:

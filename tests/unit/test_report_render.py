@@ -244,3 +244,32 @@ def test_sweep_efficiency_and_tables() -> None:
 
     assert "Scaling: throughput and latency vs replicas" in markdown.render(report)
     assert "Throughput vs replicas" in html.render(report)
+
+
+def test_every_form_says_which_setup_requests_were_excluded() -> None:
+    recorder = Recorder()
+    for i in range(20):
+        at = T0 + i / 10
+        name = "POST /auth/token (setup)" if i < 3 else "/tasks/{id}"
+        recorder.record(
+            "GET", name, 900.0 if i < 3 else 2.0, failed=False, answered=True,
+            start_time=at, end_time=at, users=1,
+        )  # fmt: skip
+    report = build_report(
+        RunMetrics.from_dumps([recorder.dump()]), [parse_slo("p99<100ms")], environment()
+    )
+    assert report.total is not None and report.total.requests == 17
+    assert report.slo[0].passed  # the slow logins do not reach the gate
+    from taskscale.report import html, junit, markdown
+
+    forms = {
+        "markdown": markdown.render(report),
+        "html": html.render(report),
+        "junit": junit.render(report),
+        "json": json.dumps(report.to_json_dict()),
+    }
+    for form, text in forms.items():
+        assert "3 setup request(s) excluded from the totals" in text, form
+    excluded = [e for e in report.to_json_dict()["endpoints"] if e["excluded"]]
+    assert [e["name"] for e in excluded] == ["POST /auth/token (setup)"]
+    assert "[excluded]" in forms["markdown"]

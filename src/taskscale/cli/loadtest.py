@@ -63,6 +63,14 @@ def command(
         str | None,
         typer.Option("--sweep-replicas", help="Run once per replica count, e.g. 1,2,3."),
     ] = None,
+    include_setup: Annotated[
+        bool,
+        typer.Option(
+            "--include-setup",
+            help="Count setup requests (named '... (setup)': registration, login, test data) "
+            "in the totals and SLO gates.",
+        ),
+    ] = False,
     project_dir: ProjectDir = None,
     target: TargetName = None,
     context: KubeContext = None,
@@ -94,6 +102,7 @@ def command(
         sweep=sweep_replicas,
         target=target,
         context=context,
+        include_setup=include_setup,
     )
     with console.progress("checking the host") as step:
         outcome = run_loadtest(spec, project, on_progress=lambda p: step(p.line()), on_step=step)

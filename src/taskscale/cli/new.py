@@ -9,7 +9,7 @@ import typer
 
 from taskscale import console
 from taskscale.cli.common import JsonFlag
-from taskscale.config import Broker
+from taskscale.config import Auth, Broker
 
 
 def command(
@@ -20,6 +20,13 @@ def command(
     broker: Annotated[
         Broker, typer.Option("--broker", help="Event broker for task notifications.")
     ] = "redis",
+    auth: Annotated[
+        Auth,
+        typer.Option(
+            "--auth",
+            help="jwt: bearer tokens, users and per-user tasks; none: the tutorial's open API.",
+        ),
+    ] = "jwt",
     force: Annotated[
         bool, typer.Option("--force", help="Write into a non-empty directory, overwriting files.")
     ] = False,
@@ -31,14 +38,23 @@ def command(
     from taskscale.scaffold import NewProjectSpec, create_project
 
     result = create_project(
-        NewProjectSpec(name=name, output_dir=output_dir, broker=broker, force=force, git=not no_git)
+        NewProjectSpec(
+            name=name,
+            output_dir=output_dir,
+            broker=broker,
+            auth=auth,
+            force=force,
+            git=not no_git,
+        )
     )
     if json_output:
         console.print_json(result.to_dict())
         return
     for warning in result.warnings:
         console.warn(warning)
-    console.success(f"Created {result.path} ({len(result.files)} files, broker: {broker}).")
+    console.success(
+        f"Created {result.path} ({len(result.files)} files, broker: {broker}, auth: {auth})."
+    )
     if result.reused_secrets:
         console.info("Kept the secrets of the existing .env.")
     console.info(f"Next: cd {result.path} && taskscale up")

@@ -22,6 +22,17 @@ RATE_ENV = "TASKSCALE_RATE"  # total target arrival rate, requests/s ("" = close
 WORKERS_ENV = "TASKSCALE_LOADTEST_WORKERS"  # how many final dumps the master waits for
 STOP_WAIT_ENV = "TASKSCALE_LOADTEST_STOP_WAIT"  # seconds the master waits for them
 STDOUT_ENV = "TASKSCALE_LOADTEST_STDOUT"  # "1": print records to stdout (in-cluster runs)
+# "1": count setup requests in the totals, the timeline and the SLO gates (--include-setup).
+INCLUDE_SETUP_ENV = "TASKSCALE_LOADTEST_INCLUDE_SETUP"
+
+# A request whose Locust name ends with this is setup (registration, login, test data): it is
+# reported under its own name but left out of the totals, the timeline and the SLO gates.
+SETUP_SUFFIX = "(setup)"
+
+
+def is_setup(name: str) -> bool:
+    return name.rstrip().endswith(SETUP_SUFFIX)
+
 
 RECORD_PREFIX = "TASKSCALE-RECORD"
 # Container runtimes split log lines above 16 KiB; records are cut well below that.

@@ -9,6 +9,8 @@ It defines no User: it only hooks Locust's events.
 - The master (or local runner) writes ``progress.json`` every second for the live status line.
 - With ``$TASKSCALE_LOADTEST_STDOUT`` (in-cluster runs, one pod per process) both also go to
   stdout as framed records (``channel.encode_record``) that taskscale reads from the pod logs.
+- Requests named ``... (setup)`` (registration, login, test data) are recorded under their own
+  names but kept out of the totals and the timeline unless ``$TASKSCALE_LOADTEST_INCLUDE_SETUP``.
 - ``$TASKSCALE_RATE`` (requests/s, total) paces every user with ``constant_throughput`` and turns
   on coordinated-omission correction in the histograms (see docs/loadtest.md).
 
@@ -33,6 +35,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from taskscale.loadgen.channel import (
+    INCLUDE_SETUP_ENV,
     PROGRESS_ENV,
     RATE_ENV,
     RAW_DIR_ENV,
@@ -71,7 +74,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
         for user_class in environment.user_classes:
             user_class.wait_time = constant_throughput(per_user)
     if not isinstance(runner, MasterRunner):
-        _recorder = Recorder(expected_interval_us=interval_us)
+        include_setup = os.environ.get(INCLUDE_SETUP_ENV) == "1"
+        _recorder = Recorder(expected_interval_us=interval_us, include_setup=include_setup)
     if not isinstance(runner, WorkerRunner) and (
         os.environ.get(PROGRESS_ENV) or os.environ.get(STDOUT_ENV)
     ):

@@ -21,6 +21,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from taskscale.loadgen.channel import is_setup
+
 LOWEST_US = 1
 HIGHEST_US = 300_000_000  # 5 minutes: longer responses are clamped (and counted as that)
 TOTAL_DIGITS = 3
@@ -96,12 +98,18 @@ class Recorder:
     ``expected_interval_us`` > 0 turns on coordinated-omission correction (open-model runs):
     a response slower than the pacing interval also records the responses that would have been
     sent meanwhile, like wrk2.
+
+    Setup requests (``channel.is_setup``: registration, login, test data) are recorded in their
+    own endpoint series only, left out of the total and the per-second timeline, unless
+    ``include_setup``; the endpoints left out are listed in ``excluded``.
     """
 
-    def __init__(self, expected_interval_us: int = 0) -> None:
+    def __init__(self, expected_interval_us: int = 0, *, include_setup: bool = False) -> None:
         self.expected_interval_us = expected_interval_us
+        self.include_setup = include_setup
         self.total = Series()
         self.endpoints: dict[tuple[str, str], Series] = {}
+        self.excluded: set[tuple[str, str]] = set()
         self.seconds: dict[int, Series] = {}
         self.first_start = math.inf
         self.last_end = 0.0
@@ -123,17 +131,18 @@ class Recorder:
         endpoint = self.endpoints.get((method, name))
         if endpoint is None:
             endpoint = self.endpoints[(method, name)] = Series()
+            if not self.include_setup and is_setup(name):
+                self.excluded.add((method, name))
+        if self.excluded and (method, name) in self.excluded:
+            _count(endpoint.counts, failed=failed, answered=answered)
+            endpoint.hist.record_value(value)
+            return
         per_second = self.seconds.get(second)
         if per_second is None:
             per_second = self.seconds[second] = Series(hist=new_histogram(SECOND_DIGITS))
         interval = self.expected_interval_us
         for series in (self.total, endpoint, per_second):
-            counts = series.counts
-            counts.requests += 1
-            if failed:
-                counts.failures += 1
-                if not answered:
-                    counts.unanswered += 1
+            _count(series.counts, failed=failed, answered=answered)
         if interval > 0:
             for series in (self.total, endpoint, per_second):
                 series.hist.record_corrected_value(value, interval)
@@ -153,18 +162,28 @@ class Recorder:
             "last_end": self.last_end if self.total.counts.requests else None,
             "expected_interval_us": self.expected_interval_us,
             "total": self.total.to_dict(),
-            **_series_dicts(self.endpoints, self.seconds),
+            **_series_dicts(self.endpoints, self.seconds, self.excluded),
         }
 
 
+def _count(counts: Counts, *, failed: bool, answered: bool) -> None:
+    counts.requests += 1
+    if failed:
+        counts.failures += 1
+        if not answered:
+            counts.unanswered += 1
+
+
 def _series_dicts(
-    endpoints: dict[tuple[str, str], Series], seconds: dict[int, Series]
+    endpoints: dict[tuple[str, str], Series],
+    seconds: dict[int, Series],
+    excluded: set[tuple[str, str]],
 ) -> dict[str, list[dict[str, Any]]]:
     """The per-endpoint and per-second parts of a dump (a worker's and the merged run's)."""
     return {
         "endpoints": [
-            {"method": method, "name": name, **series.to_dict()}
-            for (method, name), series in sorted(endpoints.items())
+            {"method": method, "name": name, "excluded": (method, name) in excluded, **s.to_dict()}
+            for (method, name), s in sorted(endpoints.items())
         ],
         "seconds": [
             {"second": second, **series.to_dict()} for second, series in sorted(seconds.items())
@@ -194,6 +213,8 @@ class RunMetrics:
     first_start: float | None = None
     last_end: float | None = None
     processes: int = 0
+    # Setup endpoints left out of the total and the timeline (see Recorder).
+    excluded: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def window_seconds(self) -> float:
@@ -209,6 +230,8 @@ class RunMetrics:
         self.total.add(Series.from_dict(data["total"]))
         for item in data["endpoints"]:
             key = (str(item["method"]), str(item["name"]))
+            if item.get("excluded"):
+                self.excluded.add(key)
             series = Series.from_dict(item)
             if key in self.endpoints:
                 self.endpoints[key].add(series)
@@ -238,7 +261,7 @@ class RunMetrics:
             "first_start": self.first_start,
             "last_end": self.last_end,
             "total": self.total.to_dict(),
-            **_series_dicts(self.endpoints, self.seconds),
+            **_series_dicts(self.endpoints, self.seconds, self.excluded),
         }
 
     @classmethod

@@ -20,6 +20,7 @@ import httpx
 from taskscale import __version__, proc
 from taskscale.config import Project
 from taskscale.errors import TargetError, TaskscaleError, UsageError
+from taskscale.loadgen.channel import INCLUDE_SETUP_ENV
 from taskscale.loadgen.job import LoadGenerator, LocustJob, ProgressCallback
 from taskscale.loadgen.local import run_locust
 from taskscale.loadgen.metrics import RunMetrics
@@ -283,7 +284,11 @@ def build_report(
         slo=results,
         environment=environment,
         generator=generator,
-        notes=[*(notes or []), *_rate_note(environment.rate, total.rps)],
+        notes=[
+            *(notes or []),
+            *summary.excluded_note(endpoints),
+            *_rate_note(environment.rate, total.rps),
+        ],
     )
     if baseline is not None:
         report.baseline = compare(report, baseline, path=baseline_path, threshold_pct=threshold_pct)
@@ -309,7 +314,7 @@ def _run_once(
         run_dir=run_dir,
         rate=spec.rate,
         stop_timeout_s=spec.stop_timeout_s,
-        env=ctx.scenario_env,
+        env={**ctx.scenario_env, **({INCLUDE_SETUP_ENV: "1"} if spec.include_setup else {})},
         label=label,
     )
     run = (

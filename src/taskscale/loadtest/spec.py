@@ -68,6 +68,7 @@ class LoadTestSpec:
     stop_timeout_s: float = 10.0
     target: str = "local"
     context: str | None = None
+    include_setup: bool = False  # count "(setup)" requests in the totals and the SLO gates
 
     @classmethod
     def build(
@@ -87,6 +88,7 @@ class LoadTestSpec:
         sweep: str | None = None,
         target: str = "local",
         context: str | None = None,
+        include_setup: bool = False,
     ) -> LoadTestSpec:
         parsed_slos = parse_slos(slos or [])
         duration_s = parse_duration(duration)
@@ -138,4 +140,5 @@ class LoadTestSpec:
             sweep=parse_replica_list(sweep) if sweep is not None else None,
             target=target,
             context=context,
+            include_setup=include_setup,
         )

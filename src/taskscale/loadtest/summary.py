@@ -49,8 +49,28 @@ def totals(metrics: RunMetrics) -> Totals:
 def endpoints(metrics: RunMetrics) -> list[EndpointStats]:
     window = metrics.window_seconds
     return [
-        EndpointStats.model_validate({"method": method, "name": name, **_totals_fields(s, window)})
+        EndpointStats.model_validate(
+            {
+                "method": method,
+                "name": name,
+                "excluded": (method, name) in metrics.excluded,
+                **_totals_fields(s, window),
+            }
+        )
         for (method, name), s in sorted(metrics.endpoints.items(), key=lambda kv: kv[0][1])
+    ]
+
+
+def excluded_note(endpoints: list[EndpointStats]) -> list[str]:
+    """The line every report form shows when setup requests were left out of the totals."""
+    excluded = [e for e in endpoints if e.excluded]
+    if not excluded:
+        return []
+    count = sum(e.requests for e in excluded)
+    names = ", ".join(f"{e.label} x{e.requests}" for e in excluded)
+    return [
+        f"{count} setup request(s) excluded from the totals, the timeline and the SLO gates "
+        f"({names}); --include-setup counts them"
     ]
 
 

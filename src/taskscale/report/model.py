@@ -43,6 +43,11 @@ class Totals(_Model):
 class EndpointStats(Totals):
     method: str
     name: str
+    excluded: bool = Field(
+        default=False,
+        description="a setup request (name ending in '(setup)'): not in the totals, the "
+        "timeline or the SLO gates",
+    )
 
     @property
     def label(self) -> str:

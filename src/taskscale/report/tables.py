@@ -61,7 +61,9 @@ ENDPOINT_COLUMNS = [
 def endpoint_table(report: Report) -> TableData | None:
     if report.total is None:
         return None
-    rows = [_totals_row(e.label, e) for e in report.endpoints]
+    rows = [
+        _totals_row(f"{e.label} [excluded]" if e.excluded else e.label, e) for e in report.endpoints
+    ]
     rows.append(_totals_row("TOTAL", report.total))
     return TableData("Requests (latency from HDR histograms)", ENDPOINT_COLUMNS, rows)
 

@@ -16,6 +16,7 @@ from typing import Any
 from taskscale import __version__, proc
 from taskscale.config import (
     CONFIG_FILE,
+    Auth,
     Broker,
     ProjectConfig,
     check_project_name,
@@ -40,6 +41,7 @@ class NewProjectSpec:
     name: str
     output_dir: Path
     broker: Broker = "redis"
+    auth: Auth = "jwt"
     force: bool = False
     git: bool = True
 
@@ -62,8 +64,8 @@ class NewProjectResult:
         }
 
 
-def default_config(name: str, broker: Broker) -> ProjectConfig:
-    return project_config({"name": name, "broker": broker}, __version__)
+def default_config(name: str, broker: Broker, auth: Auth = "jwt") -> ProjectConfig:
+    return project_config({"name": name, "broker": broker, "auth": auth}, __version__)
 
 
 def create_project(spec: NewProjectSpec) -> NewProjectResult:
@@ -79,7 +81,7 @@ def create_project(spec: NewProjectSpec) -> NewProjectResult:
             hint="choose another name or --output-dir, or pass --force to overwrite its files",
         )
 
-    config = default_config(name, spec.broker)
+    config = default_config(name, spec.broker, spec.auth)
     existing_env: dict[str, str] = {}
     if not_empty and (target / ENV_FILE).is_file():
         # Keep the secrets of an existing project: its database was initialised with them.

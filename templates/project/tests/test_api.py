@@ -108,3 +108,11 @@ async def test_openapi_docs_are_served(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert "/tasks/{task_id}" in schema["paths"]
     assert (await client.get("/docs")).status_code == 200
+    read = schema["paths"]["/tasks/{task_id}"]["get"]
+    assert "X-Read-Consistency" in {p["name"] for p in read["parameters"]}
+    assert read["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorDetail")
+    assert read["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/HTTPValidationError")
+    patch_body = schema["components"]["schemas"]["TaskUpdate"]["properties"]
+    assert patch_body["status"]["$ref"] == "#/components/schemas/TaskStatus"  # not nullable
+    assert "anyOf" not in patch_body["status"]
+    assert "anyOf" not in patch_body["title"]

@@ -11,9 +11,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.api.deps import Services
-from app.core.cache import cache_key
+from app.core.cache import CacheKey, ResourceCache, redis_key
 from app.core.config import libpq_url
-from tests.conftest import AppFactory, client_for, eventually
+from app.crud.tasks import get_tasks_json
+from tests.conftest import AppFactory, client_for, eventually, owner_id
 from tests.services import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -28,36 +29,48 @@ async def wait_local_ready(app: FastAPI) -> None:
     await eventually(lambda: services_of(app).cache.local_active, what="invalidation subscription confirmed")
 
 
+def task_cache(app: FastAPI) -> ResourceCache:
+    return services_of(app).cache.resource("tasks")
+
+
+async def task_key(client: httpx.AsyncClient, task_id: int) -> CacheKey:
+    return ("tasks", await owner_id(client), task_id)
+
+
 def counts(app: FastAPI) -> tuple[float, float, float]:
-    m = services_of(app).metrics
-    return m.cache_hit_local._value.get(), m.cache_hit_redis._value.get(), m.cache_miss._value.get()
+    c = task_cache(app).counters
+    return c.hit_local._value.get(), c.hit_redis._value.get(), c.miss._value.get()
 
 
 async def test_read_through_layers(app: FastAPI, client: httpx.AsyncClient) -> None:
     await wait_local_ready(app)
     task = (await client.post("/tasks/", json={"title": "cached"})).json()
     cache = services_of(app).cache
-    assert await cache.redis.get(cache_key(task["id"])) is not None  # write-through on create
+    name = redis_key(await task_key(client, task["id"]))
+    assert await cache.redis.get(name) is not None  # write-through on create
     base = counts(app)
     assert (await client.get(f"/tasks/{task['id']}")).json() == task  # Redis hit, fills memory
     assert (await client.get(f"/tasks/{task['id']}")).json() == task  # memory hit
     local, redis_hits, _ = counts(app)
     assert (local - base[0], redis_hits - base[1]) == (1, 1)
     # Memory hits do not even touch Redis: change Redis behind the cache's back.
-    await cache.redis.set(cache_key(task["id"]), b'{"id":0}')
+    await cache.redis.set(name, b'{"id":0}')
     assert (await client.get(f"/tasks/{task['id']}")).json() == task
 
 
 async def test_miss_goes_to_database_and_fills_redis(
     app: FastAPI, client: httpx.AsyncClient, database_url: str
 ) -> None:
+    owner = await owner_id(client)
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        row = conn.execute("INSERT INTO tasks (title) VALUES ('direct') RETURNING id").fetchone()
+        row = conn.execute(
+            "INSERT INTO tasks (owner_id, title) VALUES (%s, 'direct') RETURNING id", (owner,)
+        ).fetchone()
     assert row is not None
     _, _, misses = counts(app)
     assert (await client.get(f"/tasks/{row[0]}")).json()["title"] == "direct"
     assert counts(app)[2] == misses + 1
-    assert await services_of(app).cache.redis.get(cache_key(row[0])) is not None
+    assert await services_of(app).cache.redis.get(redis_key(("tasks", owner, row[0]))) is not None
 
 
 async def test_every_write_invalidates(app: FastAPI, client: httpx.AsyncClient) -> None:
@@ -85,11 +98,12 @@ async def test_invalidation_reaches_other_instances(make_app: AppFactory) -> Non
         url = f"/tasks/{task['id']}"
         for _ in range(2):
             assert (await b.get(url)).json()["title"] == "shared"
-        assert task["id"] in services_of(app_b).cache.local
+        key = await task_key(a, task["id"])
+        assert key in services_of(app_b).cache.local
         response = await a.patch(url, json={"title": "changed by a"})
         assert response.headers["x-instance-id"] == "a"
         # b drops its memory entry when Redis delivers the invalidation (asynchronous, ~ms).
-        await eventually(lambda: task["id"] not in services_of(app_b).cache.local, what="b's entry invalidated")
+        await eventually(lambda: key not in services_of(app_b).cache.local, what="b's entry invalidated")
         response = await b.get(url)
         assert response.headers["x-instance-id"] == "b"
         assert response.json()["title"] == "changed by a"
@@ -105,7 +119,7 @@ async def test_invalidation_reaches_other_instances(make_app: AppFactory) -> Non
 async def test_single_flight_collapses_concurrent_misses(app: FastAPI, client: httpx.AsyncClient) -> None:
     task = (await client.post("/tasks/", json={"title": "herd"})).json()
     cache = services_of(app).cache
-    await cache.redis.delete(cache_key(task["id"]))
+    await cache.redis.delete(redis_key(await task_key(client, task["id"])))
     cache.local.clear()
     _, _, misses = counts(app)
     responses = await asyncio.gather(*(client.get(f"/tasks/{task['id']}") for _ in range(20)))
@@ -118,7 +132,7 @@ async def test_cache_disabled_setting(make_app: AppFactory) -> None:
     async with client_for(app) as client:
         task = (await client.post("/tasks/", json={"title": "nocache"})).json()
         assert (await client.get(f"/tasks/{task['id']}")).json() == task
-        assert await services_of(app).cache.redis.get(cache_key(task["id"])) is None
+        assert await services_of(app).cache.redis.get(redis_key(await task_key(client, task["id"]))) is None
 
 
 async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: Path) -> None:
@@ -161,7 +175,7 @@ async def test_concurrent_database_reads_are_batched(make_app: AppFactory) -> No
     app = await make_app(cache_enabled=False)
     async with client_for(app) as client:
         ids = [(await client.post("/tasks/", json={"title": f"b{i}"})).json()["id"] for i in range(12)]
-        loader = services_of(app).read_loader
+        loader = services_of(app).db.loader(get_tasks_json)
         batches = loader.batches
         responses = await asyncio.gather(*(client.get(f"/tasks/{i}") for i in [*ids, ids[0], 999_999]))
         assert [r.json()["id"] for r in responses[:-1]] == [*ids, ids[0]]
@@ -173,7 +187,8 @@ async def test_fill_racing_a_write_is_not_kept_in_memory(app: FastAPI, client: h
     await wait_local_ready(app)
     cache = services_of(app).cache
     task = (await client.post("/tasks/", json={"title": "old"})).json()
-    await cache.redis.delete(cache_key(task["id"]))
+    key = await task_key(client, task["id"])
+    await cache.redis.delete(redis_key(key))
     started, release = asyncio.Event(), asyncio.Event()
 
     async def slow_stale_load() -> bytes | None:
@@ -181,10 +196,10 @@ async def test_fill_racing_a_write_is_not_kept_in_memory(app: FastAPI, client: h
         await release.wait()
         return b'{"title": "stale"}'
 
-    fill = asyncio.create_task(cache.get(task["id"], slow_stale_load))
+    fill = asyncio.create_task(cache.get(key, slow_stale_load, task_cache(app).counters))
     await started.wait()
     await client.patch(f"/tasks/{task['id']}", json={"title": "new"})  # commits while the fill loads
     release.set()
     await fill
-    assert task["id"] not in cache.local  # the stale fill was not kept in memory
+    assert key not in cache.local  # the stale fill was not kept in memory
     assert (await client.get(f"/tasks/{task['id']}")).json()["title"] == "new"  # Redis: SET beat SET NX

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.core.config import libpq_url
-from tests.conftest import AppFactory, client_for
+from tests.conftest import AppFactory, anonymous_client, auth_headers, client_for
 from tests.services import free_port
 
 pytestmark = pytest.mark.anyio
@@ -26,12 +26,15 @@ async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
 async def test_readyz_reports_a_dead_database(make_app: AppFactory) -> None:
     dead = f"postgresql://nobody:x@127.0.0.1:{free_port()}/none"
     app = await make_app(database_url=dead, db_pool_timeout_seconds=0.5)
-    async with client_for(app) as client:
+    async with anonymous_client(app) as client:
         response = await client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["checks"]["database"] == "down"
         assert (await client.get("/healthz")).status_code == 200
-        assert (await client.get("/tasks/1")).status_code == 503
+        # A token is verified without the database: the request gets as far as the query.
+        response = await client.get("/tasks/1", headers=auth_headers(1))
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Database unavailable"}
 
 
 async def test_metrics(client: httpx.AsyncClient) -> None:
@@ -43,8 +46,8 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert 'http_requests_total{method="GET",route="/tasks/{task_id}",status="200"} 3.0' in text
     assert 'route="/tasks/{task_id}",status="404"' in text
     assert 'http_request_duration_seconds_bucket{le="0.005",method="POST",route="/tasks/",status="201"}' in text
-    assert 'cache_requests_total{result="hit_redis"}' in text
-    assert 'cache_requests_total{result="hit_local"}' in text
+    assert 'cache_requests_total{resource="tasks",result="hit_redis"}' in text
+    assert 'cache_requests_total{resource="tasks",result="hit_local"}' in text
     assert 'db_pool_connections_max{pool="primary"}' in text
     assert "db_pool_connections_in_use" in text
     assert "outbox_backlog 1.0" in text
@@ -87,6 +90,8 @@ async def test_idempotent_post(client: httpx.AsyncClient, database_url: str) -> 
     assert task_count(database_url) == 1
     conflict = await client.post("/tasks/", json={"title": "different"}, headers=headers)
     assert conflict.status_code == 422
+    assert conflict.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert conflict.json()["detail"][0]["type"] == "idempotency_key_reused"
     assert task_count(database_url) == 1
     other = await client.post("/tasks/", json={"title": "once"}, headers={"Idempotency-Key": "order-43"})
     assert other.json()["id"] != first.json()["id"]
@@ -124,3 +129,32 @@ async def test_access_log_when_enabled(make_app: AppFactory, capfd: pytest.Captu
     assert entry["route"] == "/tasks/{task_id}"
     assert entry["status"] == 404
     assert entry["instance"] == "logged"
+
+
+async def test_metrics_are_not_served_through_the_load_balancer(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics", headers={"X-Forwarded-For": "198.51.100.1"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+    assert (await client.get("/metrics")).status_code == 200  # Prometheus, straight to the replica
+
+
+async def test_docs_can_be_turned_off(make_app: AppFactory) -> None:
+    app = await make_app(docs_enabled=False)
+    async with client_for(app) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await client.get(path)).status_code == 404, path
+        assert (await client.get("/tasks/")).status_code == 200
+
+
+async def test_cors_is_off_by_default_and_a_setting(make_app: AppFactory) -> None:
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    app = await make_app()
+    async with client_for(app) as client:
+        response = await client.options("/tasks/", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    app = await make_app(cors_origins="https://app.example.com")
+    async with client_for(app) as client:
+        response = await client.options("/tasks/", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = await client.options("/tasks/", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

@@ -6,7 +6,7 @@ with taskscale's Locust plugin next to it. Their pod specs are the templates of 
 (``deploy/k8s/base/locust.yaml``), so image, security context and resources stay in the
 manifests; only the command, the environment and the ConfigMap volume are set here. The plugin
 prints its HDR dumps (workers) and progress (master) as framed records on stdout
-(``loadtest.channel``); taskscale reads them back from the pod logs and hands the merged metrics
+(``loadgen.channel``); taskscale reads them back from the pod logs and hands the merged metrics
 to the same report code as a local run. Every object is deleted afterwards, also on failure or
 Ctrl-C.
 """

@@ -33,6 +33,11 @@ REQUIRED_MODULES = (
     "pydantic_settings",
     "orjson",
     "prometheus_client",
+    # --auth jwt projects (the default)
+    "jwt",
+    "argon2",
+    "python_multipart",
+    "email_validator",
 )
 VENV_TIMEOUT = 120.0
 PIP_TIMEOUT = 1200.0

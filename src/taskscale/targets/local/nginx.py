@@ -178,13 +178,35 @@ http {{
 {upstreams}
     server {{
         listen 127.0.0.1:{listen_port} backlog=4096;
+        # Above the app's own limit (MAX_BODY_BYTES, 64 KiB), which answers 413 in the API's
+        # error shape; bigger bodies stop here, in the same shape.
+        client_max_body_size 1m;
+        error_page 413 = @too_large;
+        # Bodies and responses stay in memory, never in temp files: as root the workers run as
+        # an unprivileged user that cannot reach a project under a 0700 directory (mktemp -d),
+        # and a 16 KiB+ body or a large response would be a 500.
+        client_body_buffer_size 1m;
+        proxy_max_temp_file_size 0;
+
+        location @too_large {{
+            default_type application/json;
+            return 413 '{{"detail":"Request body too large"}}';
+        }}
+
+        # Prometheus scrapes each replica's own port; the public port never serves metrics.
+        location = /metrics {{
+            default_type application/json;
+            return 404 '{{"detail":"Not Found"}}';
+        }}
 
         location / {{
             proxy_pass http://{target};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            # Overwritten, never appended: the replicas trust this header from nginx (uvicorn's
+            # FORWARDED_ALLOW_IPS, loopback by default), so a client cannot choose its address.
+            proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Request-Id $request_id;
             # Passive health checks (max_fails/fail_timeout) plus a retry on another replica.

@@ -1,24 +1,29 @@
-"""Two-level, coherent cache for ``GET /tasks/{id}``: per-process memory in front of Redis.
+"""Two-level, coherent cache of JSON bytes: per-process memory in front of Redis.
+
+Any resource opts in through ``Cache.resource(name)`` (see docs/adding-a-resource.md); entries
+are keyed by ``(resource, owner, id)``, so a cached body is only ever found again by a request
+of the same owner. The cache is used inside the route, after FastAPI solved the route's
+dependencies (authentication first): nothing answers before them.
 
 Layout
-  * Redis holds ``task:{id}`` -> the task's JSON bytes (``""`` = deleted), with a TTL.
-  * Each process keeps a bounded dict ``id -> (bytes, expires_at)`` in front of it. A hit is a
+  * Redis holds ``{resource}:{owner}:{id}`` -> the JSON bytes (``""`` = deleted), with a TTL.
+  * Each process keeps a bounded dict ``key -> (bytes, expires_at)`` in front of it. A hit is a
     dict lookup: no network round trip, no ORM, no re-validation.
 
 Coherence
   * Every write, after its database commit, writes the fresh bytes (or a tombstone) through to
-    Redis and PUBLISHes the id on ``tasks:invalidate`` in the same pipeline. Every process is
-    SUBSCRIBEd and drops the id from its memory layer when the message arrives (a write is seen
-    by its own process at once and by other processes as soon as Redis delivers the message,
-    typically well under a millisecond on a LAN).
+    Redis and PUBLISHes the key on ``cache:invalidate`` in the same pipeline. Every process is
+    SUBSCRIBEd and drops the key from its memory layer when the message arrives (a write is
+    seen by its own process at once and by other processes as soon as Redis delivers the
+    message, typically well under a millisecond on a LAN).
   * The memory layer is used only while the subscription is confirmed. When the pub/sub
     connection drops (Redis down, network), the memory layer is cleared and disabled; it is
     cleared again on resubscription, so missed messages can never leave stale entries behind.
-  * A fill that raced with an invalidation is not stored: every invalidation bumps the id's
+  * A fill that raced with an invalidation is not stored: every invalidation bumps the key's
     version (a full clear bumps a global epoch) and a fill is kept in memory only if neither
     moved while it was loading.
   * Readers fill Redis with SET NX, writers with SET, so a slow reader cannot overwrite a newer
-    write-through value. Remaining window (documented): two concurrent writes to the same id
+    write-through value. Remaining window (documented): two concurrent writes to the same key
     whose Redis writes land in the opposite order of their commits; bounded by the TTL.
 
 Stampede protection: one load per key per process (single-flight); concurrent misses await it.
@@ -41,17 +46,27 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from app.core.metrics import Metrics
+from app.core.metrics import CacheCounters, Metrics
 
 log = logging.getLogger(__name__)
 
-INVALIDATION_CHANNEL = "tasks:invalidate"
+INVALIDATION_CHANNEL = "cache:invalidate"
 TOMBSTONE = b""
 _FLUSH_ALL = b"*"
 
+# (resource, owner, id): the owner is the authenticated user's id (0 for a public resource).
+CacheKey = tuple[str, int, int]
+Loader = Callable[[], Awaitable[bytes | None]]
 
-def cache_key(task_id: int) -> str:
-    return f"task:{task_id}"
+
+def redis_key(key: CacheKey) -> str:
+    resource, owner, item = key
+    return f"{resource}:{owner}:{item}"
+
+
+def parse_key(text: str) -> CacheKey:
+    resource, owner, item = text.rsplit(":", 2)
+    return resource, int(owner), int(item)
 
 
 class RedisCircuit:
@@ -85,7 +100,7 @@ class RedisCircuit:
         self._open_until = 0.0
 
 
-class TaskCache:
+class Cache:
     def __init__(
         self,
         redis_url: str,
@@ -112,13 +127,14 @@ class TaskCache:
         )
         self.circuit = RedisCircuit("cache")
         self.metrics = metrics
-        self.local: dict[int, tuple[bytes, float]] = {}
+        self.local: dict[CacheKey, tuple[bytes, float]] = {}
         self.local_active = False  # True only while the invalidation subscription is confirmed
         self._epoch = 0  # bumped by every full clear of the memory layer
-        self._versions: dict[int, int] = {}  # id -> invalidations seen (bounded, see below)
-        self._inflight: dict[int, asyncio.Future[bytes | None]] = {}
+        self._versions: dict[CacheKey, int] = {}  # key -> invalidations seen (bounded, see below)
+        self._inflight: dict[CacheKey, asyncio.Future[bytes | None]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
+        self._resources: dict[str, ResourceCache] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -144,33 +160,44 @@ class TaskCache:
         except (RedisError, OSError):
             return False
 
+    # --- resources ------------------------------------------------------------------------------
+
+    def resource(self, name: str) -> ResourceCache:
+        """The view of this cache that one resource uses (``tasks``, ``users``, ...)."""
+        view = self._resources.get(name)
+        if view is None:
+            if ":" in name:
+                raise ValueError("a resource name cannot contain ':'")
+            view = self._resources[name] = ResourceCache(self, name)
+        return view
+
     # --- reads -------------------------------------------------------------------------------
 
-    def get_local(self, task_id: int) -> bytes | None:
-        entry = self.local.get(task_id)
+    def get_local(self, key: CacheKey) -> bytes | None:
+        entry = self.local.get(key)
         if entry is None:
             return None
         if entry[1] < time.monotonic():
-            self.local.pop(task_id, None)
+            self.local.pop(key, None)
             return None
         return entry[0]
 
-    async def get(self, task_id: int, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
-        """The task's JSON bytes, ``TOMBSTONE`` if known deleted, ``None`` if it does not exist."""
+    async def get(self, key: CacheKey, load: Loader, counters: CacheCounters) -> bytes | None:
+        """The JSON bytes, ``TOMBSTONE`` if known deleted, ``None`` if ``load`` found nothing."""
         if not self.enabled:
             return await load()
         if self.local_active:
-            body = self.get_local(task_id)
+            body = self.get_local(key)
             if body is not None:
-                self.metrics.cache_hit_local.inc()
+                counters.hit_local.inc()
                 return body
-        pending = self._inflight.get(task_id)
+        pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._inflight[task_id] = future
+        self._inflight[key] = future
         try:
-            body = await self._load(task_id, load)
+            body = await self._load(key, load, counters)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
@@ -179,79 +206,80 @@ class TaskCache:
             future.set_result(body)
             return body
         finally:
-            del self._inflight[task_id]
+            del self._inflight[key]
 
-    async def _load(self, task_id: int, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
-        seq = (self._epoch, self._versions.get(task_id, 0))
-        key = cache_key(task_id)
+    async def _load(self, key: CacheKey, load: Loader, counters: CacheCounters) -> bytes | None:
+        seq = (self._epoch, self._versions.get(key, 0))
+        name = redis_key(key)
         if self.circuit.available:
             try:
-                cached: Any = await self.redis.get(key)
+                cached: Any = await self.redis.get(name)
                 self.circuit.success()
             except (RedisError, OSError) as exc:
                 self.circuit.failure(exc)
             else:
                 if cached is not None:
-                    self.metrics.cache_hit_redis.inc()
+                    counters.hit_redis.inc()
                     body_cached = bytes(cached)
-                    self._store_local(task_id, body_cached, seq)
+                    self._store_local(key, body_cached, seq)
                     return body_cached
-        self.metrics.cache_miss.inc()
+        counters.miss.inc()
         body = await load()
         if body is None:
             return None  # absent ids are not cached: identity ids may still be created
         if self.circuit.available:
             try:
-                await self.redis.set(key, body, ex=self.ttl, nx=True)
+                await self.redis.set(name, body, ex=self.ttl, nx=True)
                 self.circuit.success()
             except (RedisError, OSError) as exc:
                 self.circuit.failure(exc)
-        self._store_local(task_id, body, seq)
+        self._store_local(key, body, seq)
         return body
 
-    def _store_local(self, task_id: int, body: bytes, seq: tuple[int, int]) -> None:
+    def _store_local(self, key: CacheKey, body: bytes, seq: tuple[int, int]) -> None:
         if not self.local_active or self.local_max == 0:
             return
-        if seq[0] != self._epoch or seq[1] != self._versions.get(task_id, 0):
+        if seq[0] != self._epoch or seq[1] != self._versions.get(key, 0):
             return
         if len(self.local) >= self.local_max:
             # Evict the oldest insertion (dicts keep insertion order): O(1), no LRU bookkeeping
             # on the hit path.
             self.local.pop(next(iter(self.local)), None)
-        self.local[task_id] = (body, time.monotonic() + self.local_ttl)
+        self.local[key] = (body, time.monotonic() + self.local_ttl)
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def written(self, task_id: int, body: bytes | None, *, created: bool = False) -> None:
-        """Call after a committed write. ``body`` None means the task was deleted."""
+    async def written(self, key: CacheKey, body: bytes | None, *, created: bool = False) -> None:
+        """Call after a committed write. ``body`` None means the item was deleted."""
         if not self.enabled:
             return
         if not created:  # a new id cannot be in any memory layer (misses are not cached)
-            self._invalidate_local(task_id)
+            self._invalidate_local(key)
         if not self.circuit.available:
             return
         value = TOMBSTONE if body is None else body
+        name = redis_key(key)
         try:
             if created:
                 # A new id cannot be in any memory layer: warm Redis, no broadcast needed.
-                await self.redis.set(cache_key(task_id), value, ex=self.ttl)
+                await self.redis.set(name, value, ex=self.ttl)
             else:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.set(cache_key(task_id), value, ex=self.ttl)
-                    pipe.publish(INVALIDATION_CHANNEL, str(task_id))
+                    pipe.set(name, value, ex=self.ttl)
+                    pipe.publish(INVALIDATION_CHANNEL, name)
                     await pipe.execute()
             self.circuit.success()
         except (RedisError, OSError) as exc:
             self.circuit.failure(exc)
 
-    def _invalidate_local(self, task_id: int | None) -> None:
-        if task_id is None:
+    def _invalidate_local(self, key: CacheKey | None) -> None:
+        if key is None:
             self._epoch += 1
             self.local.clear()
             self._versions.clear()
             return
-        self.local.pop(task_id, None)
-        self._versions[task_id] = self._versions.get(task_id, 0) + 1
+        self.local.pop(key, None)
+        self._versions[key] = self._versions.get(key, 0) + 1
         if len(self._versions) > 100_000:
             # Bound the bookkeeping: a new epoch rejects every fill in flight, so forgetting
             # the versions is safe (the memory layer's entries stay valid).
@@ -285,7 +313,8 @@ class TaskCache:
                             self._invalidate_local(None)
                         elif isinstance(data, bytes | str):
                             try:
-                                self._invalidate_local(int(data))
+                                text = data.decode() if isinstance(data, bytes) else data
+                                self._invalidate_local(parse_key(text))
                             except ValueError:
                                 self._invalidate_local(None)
             except asyncio.CancelledError:
@@ -304,3 +333,25 @@ class TaskCache:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:  # noqa: BLE001, S110 - closing a broken connection
                     pass
+
+
+class ResourceCache:
+    """One resource's view of the shared ``Cache``: keys are ``(name, owner, id)``.
+
+    ``get`` runs in the route, after the route's dependencies: pass the authenticated owner,
+    and a loader that reads the item *of that owner* (it must return None for anyone else's).
+    """
+
+    def __init__(self, cache: Cache, name: str) -> None:
+        self.cache = cache
+        self.name = name
+        self.counters = cache.metrics.cache_counters(name)
+
+    async def get(self, owner: int, item_id: int, load: Loader) -> bytes | None:
+        """The item's JSON bytes, or None when it does not exist for this owner."""
+        body = await self.cache.get((self.name, owner, item_id), load, self.counters)
+        return None if body is None or body == TOMBSTONE else body
+
+    async def written(self, owner: int, item_id: int, body: bytes | None, *, created: bool = False) -> None:
+        """After a committed write: the new bytes (None: deleted) replace every cached copy."""
+        await self.cache.written((self.name, owner, item_id), body, created=created)

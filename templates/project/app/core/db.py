@@ -1,6 +1,6 @@
 """PostgreSQL connection pools (psycopg 3 async pool): one primary, optional read replicas.
 
-The request path executes SQL compiled once from SQLAlchemy Core statements (see app/crud.py) on
+The request path executes SQL compiled once from SQLAlchemy Core statements (see app/core/sql.py) on
 psycopg's async pool. Measured on the reference machine, SQLAlchemy's AsyncConnection adds about
 2.5x CPU per query on top of the driver (greenlet hops, result processing), which is the whole
 budget of an uncached GET, so the hot paths talk to the driver directly. SQLAlchemy owns the
@@ -12,11 +12,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Hashable
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from app.core.batching import BatchLoader, FetchMany
 from app.core.config import Settings, libpq_url
+
+K = TypeVar("K", bound=Hashable)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class Database:
         self.primary = _make_pool(settings.database_url, settings, "primary")
         self.replicas = [_make_pool(u, settings, f"replica-{i}") for i, u in enumerate(settings.replica_urls)]
         self._next_replica = itertools.cycle(self.replicas) if self.replicas else None
+        self._loaders: dict[tuple[Any, bool], BatchLoader[Any]] = {}
 
     @property
     def pools(self) -> list[AsyncConnectionPool[AsyncConnection[tuple[object, ...]]]]:
@@ -64,6 +70,15 @@ class Database:
         if primary or self._next_replica is None:
             return self.primary
         return next(self._next_replica)
+
+    def loader(self, fetch_many: FetchMany[K], *, primary: bool = False) -> BatchLoader[K]:
+        """The batching loader (app/core/batching.py) of ``fetch_many`` on the read pools, or on
+        the primary with ``primary=True``: one per function and pool choice, made on first use."""
+        key = (fetch_many, primary)
+        loader = self._loaders.get(key)
+        if loader is None:
+            loader = self._loaders[key] = BatchLoader(lambda: self.reader(primary), fetch_many)
+        return loader
 
     async def ping(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109 - bounded by wait_for
         async def _check() -> None:

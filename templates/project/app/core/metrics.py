@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class CacheCounters:
+    """One resource's cache lookups, by result."""
+
+    hit_local: Any
+    hit_redis: Any
+    miss: Any
 
 
 class Metrics:
@@ -25,15 +35,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        cache = Counter(
+        self.cache_requests = Counter(
             "cache_requests_total",
-            "Task cache lookups by result (hit_local, hit_redis, miss).",
-            ("result",),
+            "Cache lookups by resource and result (hit_local, hit_redis, miss).",
+            ("resource", "result"),
             registry=self.registry,
         )
-        self.cache_hit_local = cache.labels("hit_local")
-        self.cache_hit_redis = cache.labels("hit_redis")
-        self.cache_miss = cache.labels("miss")
         self.pool_size = Gauge(
             "db_pool_connections", "Open connections in the database pool.", ("pool",), registry=self.registry
         )
@@ -49,11 +56,13 @@ class Metrics:
         self.outbox_backlog = Gauge(
             "outbox_backlog", "Outbox events not yet published to the broker.", registry=self.registry
         )
-        self.rate_limited = Counter(
-            "rate_limited_requests_total", "Requests refused with 429.", registry=self.registry
-        )
+        self.rate_limited = Counter("rate_limited_requests_total", "Requests refused with 429.", registry=self.registry)
         # (method, route, status) -> (counter child, histogram child): labels() is not free.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def cache_counters(self, resource: str) -> CacheCounters:
+        labels = self.cache_requests.labels
+        return CacheCounters(labels(resource, "hit_local"), labels(resource, "hit_redis"), labels(resource, "miss"))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -1,8 +1,10 @@
-"""One pure-ASGI middleware: request id, X-Instance-Id, rate limit, metrics, access log.
+"""Pure-ASGI middleware: observability (request id, X-Instance-Id, metrics, access log) and the
+request-body limit.
 
 Pure ASGI (never BaseHTTPMiddleware, which adds a task and a memory stream per request). The
 access log is off by default (ACCESS_LOG=true turns it on): one JSON line per request costs more
-than the rest of a cached GET.
+than the rest of a cached GET. Nothing here answers a request on the app's behalf except a 413:
+authentication, rate limiting and every read happen in the routes' dependencies.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ import time
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logging import request_id_var
 from app.core.metrics import Metrics
-from app.core.ratelimit import RateLimiter
 
 access_log = logging.getLogger("app.access")
 
 _UNMATCHED = "unmatched"
-_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ObservabilityMiddleware:
@@ -32,12 +33,10 @@ class ObservabilityMiddleware:
         *,
         instance_id: str,
         metrics: Metrics,
-        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.instance_header = (b"x-instance-id", instance_id.encode())
         self.metrics = metrics
-        self.rate_limiter = rate_limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,13 +62,6 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            if self.rate_limiter is not None and scope["path"] not in _EXEMPT:
-                client = scope.get("client")
-                retry_after = await self.rate_limiter.check(client[0] if client else "unknown")
-                if retry_after is not None:
-                    self.metrics.rate_limited.inc()
-                    await _too_many_requests(send_wrapper, retry_after)
-                    return
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
@@ -87,17 +79,71 @@ class ObservabilityMiddleware:
             request_id_var.reset(token)
 
 
-async def _too_many_requests(send: Send, retry_after: int) -> None:
-    body = orjson.dumps({"detail": "Too many requests"})
+class BodyTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(status_code=413, detail="Request body too large")
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``: at once from Content-Length, or as soon as a
+    streamed (chunked) body passes the limit while the route reads it."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > self.max_bytes
+                except ValueError:
+                    too_large = False  # uvicorn rejects a malformed Content-Length itself
+                if too_large:
+                    await _send_error(send, 413, "Request body too large")
+                    return
+                break
+            if name == b"transfer-encoding":
+                chunked = True
+        if not chunked:
+            await self.app(scope, receive, send)  # no body, or one within the declared length
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge  # FastAPI re-raises HTTPExceptions from body reading
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _send_error(send, 413, "Request body too large")
+
+
+async def _send_error(send: Send, status: int, detail: str) -> None:
+    body = orjson.dumps({"detail": detail})
     await send(
         {
             "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-            ],
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,9 @@
-"""Fixed-window rate limiting per client IP, shared by every replica through Redis."""
+"""Fixed-window rate limiting per key, shared by every replica through Redis.
+
+The key is the authenticated user (``user:<id>``) when the route has one, else the client
+address (``client:<ip>``) as uvicorn resolved it from a trusted proxy's X-Forwarded-For (see
+app/api/deps.py): a client cannot choose its bucket.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ class RateLimiter:
         self._script = redis.register_script(_SCRIPT)
         self.circuit = RedisCircuit("rate-limiter")
 
-    async def check(self, client: str) -> int | None:
+    async def check(self, key: str) -> int | None:
         """None if the request may proceed, else the Retry-After seconds.
 
         Fails open: when Redis is unavailable requests are not limited (logged once per outage).
@@ -38,7 +43,7 @@ class RateLimiter:
             return None
         window = int(time.time()) // self.window
         try:
-            count, ttl = await self._script(keys=[f"ratelimit:{client}:{window}"], args=[self.window])
+            count, ttl = await self._script(keys=[f"ratelimit:{key}:{window}"], args=[self.window])
             self.circuit.success()
         except (RedisError, OSError) as exc:
             self.circuit.failure(exc)

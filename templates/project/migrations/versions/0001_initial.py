@@ -1,4 +1,4 @@
-"""Initial schema: tasks, outbox, idempotency keys, notifications.
+"""Initial schema: tasks (each with an owner id), outbox, idempotency keys, notifications.
 
 Revision ID: 0001
 Revises:
@@ -23,6 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "tasks",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column("owner_id", sa.BigInteger(), nullable=False),
         sa.Column("title", sa.String(length=200), nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("status", sa.String(length=16), server_default="pending", nullable=False),
@@ -31,7 +32,8 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('pending', 'in_progress', 'done')", name=op.f("ck_tasks_status")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
     )
-    op.create_index("ix_tasks_status_id", "tasks", ["status", "id"])
+    op.create_index("ix_tasks_owner_id_id", "tasks", ["owner_id", "id"])
+    op.create_index("ix_tasks_owner_id_status_id", "tasks", ["owner_id", "status", "id"])
     op.create_table(
         "outbox",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
@@ -48,13 +50,14 @@ def upgrade() -> None:
     op.create_index("ix_outbox_unpublished", "outbox", ["id"], postgresql_where=sa.text("published_at IS NULL"))
     op.create_table(
         "idempotency_keys",
+        sa.Column("owner_id", sa.BigInteger(), nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("status_code", sa.SmallInteger(), nullable=True),
         sa.Column("response", sa.LargeBinary(), nullable=True),
         sa.Column("task_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("key", name=op.f("pk_idempotency_keys")),
+        sa.PrimaryKeyConstraint("owner_id", "key", name=op.f("pk_idempotency_keys")),
     )
     op.create_table(
         "notifications",
@@ -73,5 +76,6 @@ def downgrade() -> None:
     op.drop_table("idempotency_keys")
     op.drop_index("ix_outbox_unpublished", table_name="outbox")
     op.drop_table("outbox")
-    op.drop_index("ix_tasks_status_id", table_name="tasks")
+    op.drop_index("ix_tasks_owner_id_status_id", table_name="tasks")
+    op.drop_index("ix_tasks_owner_id_id", table_name="tasks")
     op.drop_table("tasks")

@@ -1,4 +1,9 @@
-"""Liveness, readiness and metrics."""
+"""Liveness, readiness and metrics (no authentication: probes and Prometheus call them).
+
+``/metrics`` is for Prometheus scraping a replica directly. It answers 404 to anything that came
+through the load balancer (nginx and the ingress set X-Forwarded-For, overwriting what a client
+sent), so the public port never serves it; the nginx configs also refuse it themselves.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ import contextlib
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import crud
-from app.api.deps import Services
+from app.api.deps import ServicesDep
+from app.api.errors import json_response
+from app.crud.tasks import OUTBOX_BACKLOG
 
 router = APIRouter(tags=["operations"])
 
@@ -21,12 +27,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, response: Response) -> dict[str, object]:
+async def readyz(services: ServicesDep, response: Response) -> dict[str, object]:
     """Readiness: database, cache and broker reachability. 503 when any is down."""
-    services: Services = request.app.state.services
-    db_ok, cache_ok, broker_ok = await asyncio.gather(
-        services.db.ping(), services.cache.ping(), services.broker.ping()
-    )
+    db_ok, cache_ok, broker_ok = await asyncio.gather(services.db.ping(), services.cache.ping(), services.broker.ping())
     checks = {
         "database": "ok" if db_ok else "down",
         "cache": "ok" if cache_ok else "down",
@@ -38,8 +41,9 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    services: Services = request.app.state.services
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    if "x-forwarded-for" in request.headers:
+        return json_response(404, {"detail": "Not Found"})
     m = services.metrics
     for pool in services.db.pools:
         stats = pool.get_stats()
@@ -52,7 +56,7 @@ async def metrics(request: Request) -> Response:
 
         async def backlog() -> int:
             async with services.db.primary.connection(timeout=1.0) as conn:
-                cur = await conn.execute(crud.OUTBOX_BACKLOG)
+                cur = await conn.execute(OUTBOX_BACKLOG)
                 row = await cur.fetchone()
                 return int(str(row[0])) if row else 0
 
