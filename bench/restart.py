@@ -53,11 +53,12 @@ BETWEEN_RUNS = 2.5  # longer than the bench project's restart window: no back-of
 TIMEOUT = 30.0
 # A load process: GET a path through nginx in a loop for some seconds (bounded in count too).
 LOAD = r"""
-import sys, time, httpx
+import os, sys, time, httpx
 api, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 sent = failed = 0
 deadline = time.monotonic() + seconds
-with httpx.Client(base_url=api, timeout=5, trust_env=False) as client:
+headers = {"Authorization": os.environ["BENCH_AUTH"]} if os.environ.get("BENCH_AUTH") else {}
+with httpx.Client(base_url=api, timeout=5, trust_env=False, headers=headers) as client:
     while time.monotonic() < deadline and sent < 5_000_000:
         sent += 1
         try:
@@ -69,11 +70,25 @@ print(sent, failed)
 """
 
 
+def bearer(api: str) -> str:
+    """``Bearer <token>`` of a bench user, or "" for an API without auth (``--auth none``)."""
+    account = {"email": "restart-bench@example.com", "password": "restart bench password"}
+    with httpx.Client(base_url=api, timeout=30, trust_env=False) as client:
+        if client.get("/tasks/", params={"limit": 1}).status_code != 401:
+            return ""
+        client.post("/auth/register", json=account)  # 201, or 409 when it exists
+        form = {"username": account["email"], "password": account["password"]}
+        response = client.post("/auth/token", data=form)
+        response.raise_for_status()
+        return f"Bearer {response.json()['access_token']}"
+
+
 @contextlib.contextmanager
 def loaded(api: str, processes: int, seconds: float) -> Iterator[list[tuple[int, int]]]:
     """``processes`` load processes for ``seconds``; the list gets (sent, failed) of each."""
     argv = [sys.executable, "-c", LOAD, api, "/tasks/?limit=5", str(seconds)]
-    started = [proc.start(argv, timeout=seconds + 60) for _ in range(processes)]
+    env = {**os.environ, "BENCH_AUTH": bearer(api)}
+    started = [proc.start(argv, timeout=seconds + 60, env=env) for _ in range(processes)]
     counts: list[tuple[int, int]] = []
     try:
         yield counts

@@ -29,6 +29,7 @@ from taskscale.targets.local import LocalTarget
 from taskscale.targets.local.keeper import service_ready
 from taskscale.targets.local.ports import port_free
 from taskscale.targets.local.state import ServiceRecord, StateFile
+from tests.client_loop import api_headers
 from tests.conftest import CliRunner
 from tests.integration.conftest import recorded_pids, set_free_ports, stopping_stack
 
@@ -125,7 +126,8 @@ def test_every_kind_of_service_comes_back_by_itself(
     assert '"BROKER": "kafka"' in worker_env and '"KAFKA_ENABLE_IDEMPOTENCE": "false"' in worker_env
     worker_log = project / ".taskscale" / "logs" / "worker.log"
     assert proc.poll_until(lambda: '"broker":"kafka"' in worker_log.read_text(), 30)
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    headers = api_headers(api)  # logged in now: the database is about to be killed
+    with httpx.Client(base_url=api, timeout=10, trust_env=False, headers=headers) as client:
         created = client.post("/tasks/", json={"title": "survives restarts"})
         assert created.status_code == 201, created.text
         task_id = created.json()["id"]
@@ -154,7 +156,7 @@ def test_every_kind_of_service_comes_back_by_itself(
     seen = _instances(api, 60)
     assert set(seen) == {"rtest-app-1", "rtest-app-2", "rtest-app-3"}, (seen, _why(project))
     # PostgreSQL came back with its data (the app's pool recovers its connections by itself).
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+    with httpx.Client(base_url=api, timeout=10, trust_env=False, headers=headers) as client:
         assert proc.poll_until(lambda: client.get(f"/tasks/{task_id}").status_code == 200, 30)
 
     # A process the supervisor started is its child: the next exit is known exactly.
