@@ -17,8 +17,8 @@ policy (``policy``) to every recorded service:
   again. Commands that stop, replace or scale services forget them before they release the
   lock, so what the supervisor then finds dead was not stopped on purpose. Commands that find
   the supervisor holding the lock wait for it (``state.SUPERVISOR_LOCK_WAIT``).
-- **Replicas**: restarted by a fork of a warm zygote (``preload.Zygote``): ~0.3 s to ready
-  instead of ~1.7 s; a plain interpreter when the zygote is not there.
+- **Replicas**: restarted by a fork of a warm zygote (``preload.Zygote``): 0.3-0.7 s to ready
+  instead of 2-3 s; a plain interpreter when the zygote is not there.
 - **Its own death**: the services run in sessions of their own and keep running; the zygote
   exits with it (its stdin closes). ``status`` shows the supervisor dead, ``up`` starts a new
   one, which watches the same processes through new pidfds.

@@ -232,7 +232,7 @@ def start_launcher(python: str, cwd: Path, timeout: float) -> Launcher:
 class Zygote:
     """A launcher that stays: it imports the libraries once, then forks one replica whenever
     asked, for as long as ``lifetime`` (the supervisor process restarts crashed replicas from
-    it: ready in ~0.3 s instead of ~1.7 s for a fresh interpreter on 2 cores).
+    it: ready in 0.3-0.7 s instead of 2-3 s for a fresh interpreter on 2 cores).
 
     Each replica is forked through an intermediate process that exits at once, so it is not
     the zygote's child but is adopted by the supervisor (a subreaper), which reaps it and
