@@ -89,6 +89,10 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     project, ports = stack_project
     api = f"http://127.0.0.1:{ports['api']}"
     p = str(project)
+    # Without the restart policy (test_local_restarts.py covers it): nothing but `up` heals,
+    # and no supervisor process runs.
+    config = project / "taskscale.toml"
+    config.write_text(config.read_text().replace('policy = "always"', 'policy = "never"'))
 
     # up --replicas 3: every service running and healthy, the JSON shape of the issue.
     result = run_cli("up", "--replicas", "3", "--project", p)
@@ -96,6 +100,7 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     status = _status(run_cli, project)
     services = _services(status)
     assert set(services) == {"postgres", "redis", "app-1", "app-2", "app-3", "worker", "nginx"}
+    assert not (project / ".taskscale" / "logs" / "supervisor.log").exists()
     assert {s["kind"] for s in services.values()} == {"postgres", "redis", "app", "worker", "lb"}
     assert all(s["healthy"] for s in services.values()), services
     assert status["endpoints"] == {"api": api}
