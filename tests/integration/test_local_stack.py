@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -59,7 +60,11 @@ def assert_contract_holds_through_nginx(api: str) -> None:
     argv += [arg for header in auth for arg in ("-H", header)]
     argv += ["--seed", "7", "--no-color", "--request-timeout", "10"]
     argv += ["--generation-database", "none"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    # Its own cache directory (.schemathesis/) goes to a scratch cwd, not the checkout.
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=600, check=False, cwd=scratch
+        )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
