@@ -6,12 +6,15 @@ what ``status`` then shows). tests/integration/test_local_restarts.py runs it fo
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from taskscale import proc
 from taskscale.errors import MissingBinary
 from taskscale.targets.local import daemon, postgres, router
 from taskscale.targets.local.health import Health
@@ -335,6 +338,34 @@ def test_stale_postgres_lock_files_are_removed_only_when_they_name_the_dead_pid(
     assert postgres.remove_stale_lock_files(argv, sockets, 5555, 4242) == 2
     assert not (data / "postmaster.pid").exists()
     assert not (sockets / ".s.PGSQL.5555.lock").exists()
+
+
+def test_backends_a_killed_postmaster_left_behind_are_killed_by_their_working_directory(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL's children setsid() away from the postmaster's group; a busy one outlives a
+    SIGKILL of the postmaster and keeps its shared memory: found by cwd (the data dir)."""
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    sleeper = [PYTHON, "-c", "import time; time.sleep(60)"]
+    started = time.time()
+    orphan = subprocess.Popen(sleeper, cwd=data, start_new_session=True)
+    bystander = subprocess.Popen(sleeper, cwd=elsewhere)
+    try:
+        assert proc.poll_until(lambda: psutil.Process(orphan.pid).cwd() == str(data), 5)
+        argv = ["postgres", "-D", str(data)]
+        # Started before the dead postmaster: not one of its children (a reused directory).
+        assert postgres.kill_orphaned_backends(argv, since=time.time() + 30) == []
+        assert orphan.poll() is None
+        assert postgres.kill_orphaned_backends(argv, since=started - 1) == [orphan.pid]
+        assert orphan.wait(5) == -9
+        assert bystander.poll() is None
+        assert postgres.kill_orphaned_backends(["postgres"], since=0) == []
+    finally:
+        for child in (orphan, bystander):
+            child.kill()
+            child.wait(5)
 
 
 def test_every_spawn_records_its_spec_and_forgetting_removes_it(stack: Stack) -> None:

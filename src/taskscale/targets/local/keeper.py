@@ -22,7 +22,12 @@ from taskscale.targets import ports
 from taskscale.targets.local import postgres, probes, router
 from taskscale.targets.local.fleet import current_slot
 from taskscale.targets.local.policy import RestartPolicy
-from taskscale.targets.local.state import SUPERVISOR_OWNER, ServiceRecord, StackState
+from taskscale.targets.local.state import (
+    START_TIME_TOLERANCE,
+    SUPERVISOR_OWNER,
+    ServiceRecord,
+    StackState,
+)
 from taskscale.targets.local.supervisor import ProcessSpec, Run, Supervisor
 
 NAME = SUPERVISOR_OWNER
@@ -186,6 +191,12 @@ class Keeper:
         elif record.kind == "postgres" and record.port is not None:
             state_dir = self.supervisor.state_file.state_dir
             socket_dir = postgres.socket_dir_for(state_dir)
+            since = (record.proc_start or record.started_at) - START_TIME_TOLERANCE
+            orphans = postgres.kill_orphaned_backends(spec.argv, since)
+            if orphans:
+                log.info(
+                    "%s: killed %d backends left by the dead postmaster", record.name, len(orphans)
+                )
             if postgres.remove_stale_lock_files(spec.argv, socket_dir, record.port, record.pid):
                 log.info("%s: removed the dead postmaster's lock files", record.name)
         pid = self._fork(spec) if record.kind == "app" else None
