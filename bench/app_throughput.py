@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 
 from taskscale import proc
-from taskscale.config import Auth
+from taskscale.choices import Auth
 
 APP_CORE = "0"
 LOAD_CORE = "1"

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from taskscale.choices import Auth, Broker
 from taskscale.errors import ConfigError, ProjectNotFound, TaskscaleError, UsageError
 
 CONFIG_FILE = "taskscale.toml"
@@ -22,9 +23,6 @@ CONFIG_FILE = "taskscale.toml"
 STANDBY_PORTS = 8
 STATE_DIR = ".taskscale"
 
-Broker = Literal["redis", "kafka"]
-# jwt: bearer tokens and per-user tasks; none: the tutorial's open API.
-Auth = Literal["jwt", "none"]
 
 # A DNS-1123 label that also maps cleanly onto a Python package name (dashes -> underscores):
 # lower-case letters, digits and single dashes, starting with a letter, at most 63 characters.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from taskscale.config import Auth
+from taskscale.choices import Auth
 from taskscale.scaffold import NewProjectSpec, create_project
 from tests.integration.conftest import run_ok
 

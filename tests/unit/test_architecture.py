@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("targets",),
     ("loadgen", "replication"),
     ("report", "config", "resources", "binaries"),
-    ("proc", "console", "errors", "__init__"),
+    ("proc", "console", "errors", "choices", "__init__"),
 ]
 
 

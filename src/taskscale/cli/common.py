@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from taskscale.stack import Stack
 
 
 @dataclass
@@ -52,3 +55,12 @@ KubeContext = Annotated[
         show_default=False,
     ),
 ]
+
+
+def open_stack(project_dir: Path | None, target: str | None, context: str | None) -> Stack:
+    """``taskscale.stack.open_stack``, imported when a command runs: the project's settings
+    (pydantic) and the targets are not needed to parse options or print ``--help``, and every
+    command pays the CLI's start (see BENCHMARKS.md)."""
+    from taskscale.stack import open_stack as open_project_stack
+
+    return open_project_stack(project_dir, target, context)

@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
-from taskscale.stack import open_stack
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, open_stack
 
 
 def command(

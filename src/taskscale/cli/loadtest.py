@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from taskscale import console
 from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
 from taskscale.cli.render_report import render_report
-from taskscale.config import Project, load_project
 from taskscale.errors import ProjectNotFound, SloFailed
+
+if TYPE_CHECKING:
+    from taskscale.config import Project
 
 
 def command(
@@ -119,6 +121,8 @@ def command(
 
 
 def _optional_project(path: Path | None, *, required: bool) -> Project | None:
+    from taskscale.config import load_project
+
     if required or path is not None:
         return load_project(path)
     try:

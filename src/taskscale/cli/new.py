@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from taskscale import console
+from taskscale.choices import Auth, Broker
 from taskscale.cli.common import JsonFlag
-from taskscale.config import Auth, Broker
 
 
 def command(

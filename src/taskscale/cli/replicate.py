@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 from taskscale import console
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, open_stack
 from taskscale.replication import plan
 from taskscale.replication.model import ClusterStatus, ReplicationChange
-from taskscale.stack import open_stack
 
 app = typer.Typer(
     name="replicate",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from taskscale import console
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
-from taskscale.stack import open_stack
-from taskscale.targets.model import PodsDetail, ProcessDetail, ServiceStatus, StackStatus
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, open_stack
+
+if TYPE_CHECKING:
+    from taskscale.targets.model import ServiceStatus, StackStatus
 
 
 def command(
@@ -36,6 +39,8 @@ def _uptime(seconds: float | None) -> str | None:
 
 def render(status: StackStatus) -> None:
     """The status table, the API URL, notes and the log tails of dead services."""
+    from taskscale.targets.model import PodsDetail, ProcessDetail
+
     if not status.services:
         console.info(f"{status.project} ({status.target}): not running")
         for note in status.notes:
@@ -84,10 +89,14 @@ def _restarts(service: ServiceStatus) -> str | None:
 
 
 def _pods(service: ServiceStatus) -> str | None:
+    from taskscale.targets.model import PodsDetail
+
     detail = service.detail
     return f"{detail.ready}/{detail.desired}" if isinstance(detail, PodsDetail) else None
 
 
 def _slot(service: ServiceStatus) -> str | None:
+    from taskscale.targets.model import ProcessDetail
+
     detail = service.detail
     return detail.slot if isinstance(detail, ProcessDetail) else None

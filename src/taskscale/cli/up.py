@@ -8,8 +8,7 @@ import typer
 
 from taskscale import console
 from taskscale.cli import status as status_cli
-from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName
-from taskscale.stack import open_stack
+from taskscale.cli.common import JsonFlag, KubeContext, ProjectDir, TargetName, open_stack
 
 
 def command(

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from taskscale import __version__, proc
+from taskscale.choices import Auth, Broker
 from taskscale.config import (
     CONFIG_FILE,
-    Auth,
-    Broker,
     ProjectConfig,
     check_project_name,
     load_config,
