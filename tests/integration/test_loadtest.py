@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,32 @@ def test_broken_scenario_is_one_clear_error_with_locusts_output(
     assert result.exit_code == 4
     assert "error: locust recorded no requests" in result.stderr
     assert "SyntaxError" in result.stderr  # the tail of Locust's log follows the error line
+
+
+def test_two_multi_process_runs_at_once_each_count_only_their_own_requests(
+    tmp_path: Path,
+) -> None:
+    """Locust's master and its forked workers meet on a port (by default 5557 for every run):
+    two runs at once on one machine must neither fail to bind nor share workers."""
+    scenario = write_scenario(tmp_path / "scenario.py")
+    with StaticNginx(tmp_path / "nginx") as server:
+        common = ["--scenario", str(scenario), "-u", "4", "-r", "4", "-d", "6s", "--json"]
+        command = [sys.executable, "-m", "taskscale", "loadtest", "--host", server.url, *common]
+        runs = [
+            subprocess.Popen(
+                [*command, "--processes", "2", "--out", str(tmp_path / f"run{i}")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in (1, 2)
+        ]
+        outputs = [run.communicate(timeout=120) for run in runs]
+        served = server.requests_logged()
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr
+        data = json.loads(stdout)
+        assert data["total"]["requests"] > 100
+        assert data["generator"]["processes"] == 2
+    totals = [json.loads(stdout)["total"]["requests"] for stdout, _ in outputs]
+    assert sum(totals) == served

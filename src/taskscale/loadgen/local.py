@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -51,8 +52,22 @@ def locust_argv(job: LocustJob) -> list[str]:
     argv = [sys.executable, "-m", "locust", "-f", f"{job.locustfile},{PLUGIN}"]
     argv += [*headless_options(job), "--csv", str(job.run_dir / "locust"), "--csv-full-history"]
     if job.processes > 1:
+        # The master and its forked workers talk over a port, by default the fixed 5557 on every
+        # interface: two runs at once on one machine would collide (or join each other's
+        # workers). A free loopback port per run instead.
+        port = str(free_loopback_port())
         argv += ["--processes", str(job.processes)]
+        argv += ["--master-bind-host", "127.0.0.1", "--master-bind-port", port]
+        argv += ["--master-host", "127.0.0.1", "--master-port", port]
     return argv
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's choice; Locust binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def run_locust(job: LocustJob, on_progress: ProgressCallback | None = None) -> LocustRun:
