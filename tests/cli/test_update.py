@@ -575,6 +575,7 @@ def test_real_path_from_the_0_1_0_template_to_the_live_one(
     assert actions["deploy/k8s/base/locust.yaml"] == "removed"
     assert actions["deploy/k8s/base/migrate-job.yaml"] == "removed"
     assert actions["deploy/k8s/components/loadtest/locust.yaml"] == "added"
+    assert actions["uv.lock"] == "added"
     assert not (project / "deploy" / "docker-compose.yml").exists()
     assert config.images.app == "tasks-api-app:0.1.0" and config.images.worker is None
     assert (project / "app" / "extra.py").read_text() == '"""Mine."""\n\nEXTRA = 1\n'
