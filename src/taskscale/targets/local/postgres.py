@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from taskscale import binaries, proc
 from taskscale.binaries import PostgresBinaries
 from taskscale.errors import CommandFailed
@@ -75,6 +77,65 @@ log_destination = 'stderr'
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 """
+
+
+def data_dir_of(argv: list[str]) -> Path | None:
+    """The ``-D`` directory of a postmaster's argv (None when it has none)."""
+    try:
+        return Path(argv[argv.index("-D") + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def kill_orphaned_backends(argv: list[str], since: float, timeout: float = 10.0) -> list[int]:
+    """SIGKILL what is left of a killed postmaster: its backends and auxiliary processes.
+
+    Every postmaster child calls setsid(), so they are not in the postmaster's process group
+    and outlive a SIGKILL of it until each notices the death (a busy backend or the
+    checkpointer can take a while). While one is still attached to the old shared memory, a
+    new postmaster refuses to start ("pre-existing shared memory block is still in use") and
+    exits 1. They are found by their working directory: every PostgreSQL process runs in its
+    data directory. Only processes started after ``since`` (the dead postmaster's start) are
+    touched. Returns the pids killed, each waited for (bounded by ``timeout``)."""
+    data_dir = data_dir_of(argv)
+    if data_dir is None:
+        return []
+    target = os.path.realpath(data_dir)
+    killed: list[int] = []
+    for process in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if process.info["create_time"] < since or process.cwd() != target:
+                continue
+            process.kill()
+            killed.append(process.pid)
+        except (psutil.Error, OSError):
+            continue
+    deadline_each = timeout / max(len(killed), 1)
+    for pid in killed:
+        proc.wait_for_exit(pid, deadline_each)
+    return killed
+
+
+def remove_stale_lock_files(argv: list[str], socket_dir: Path, port: int, dead_pid: int) -> int:
+    """Before the supervisor process starts a killed postmaster again: ``postmaster.pid`` and
+    the socket's ``.s.PGSQL.<port>.lock`` name the dead pid, and while init has not reaped
+    that zombie PostgreSQL takes it for a running postmaster and refuses to start ("lock file
+    already exists"). Each is removed only when it names ``dead_pid``, after the dead
+    postmaster's backends were killed (``kill_orphaned_backends``: nothing still uses its
+    shared memory). How many were removed."""
+    data_dir = data_dir_of(argv)
+    if data_dir is None:
+        return 0
+    removed = 0
+    for lock in (data_dir / "postmaster.pid", socket_dir / f".s.PGSQL.{port}.lock"):
+        try:
+            recorded = int(lock.read_text(encoding="ascii", errors="replace").split()[0])
+        except (ValueError, IndexError, OSError):
+            continue
+        if recorded == dead_pid:
+            lock.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 class LocalPostgres:
