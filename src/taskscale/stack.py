@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taskscale.config import Project, load_project
-from taskscale.targets import get_target, remember_target
+from taskscale.targets import active_target, get_target, remember_target, target_info
 from taskscale.targets.base import Target
 from taskscale.targets.model import DownResult, StackStatus, StepCallback, no_steps
 
 if TYPE_CHECKING:  # off every command's start-up path (see docs/architecture.md)
     from taskscale.targets.capabilities import Promotion, Replication, Standbys
+    from taskscale.targets.kube.manifests import Rendered
     from taskscale.targets.logstream import LogStream
 
 
@@ -74,3 +75,50 @@ def open_stack(project_dir: Path | None, target: str | None, context: str | None
     target (``target``, else the one of the last ``up``)."""
     project = load_project(project_dir)
     return Stack(project, get_target(target, project, context=context))
+
+
+@dataclass(frozen=True)
+class ManifestsResult:
+    """What ``taskscale manifests`` produced: the objects ``up`` would apply, in order."""
+
+    target: str
+    rendered: Rendered
+    written: list[Path] | None = None  # the files, with --out
+
+
+def manifests(
+    project_dir: Path | None,
+    target: str | None,
+    *,
+    replicas: int | None,
+    include_secrets: bool,
+    out: Path | None,
+) -> ManifestsResult:
+    """Exactly the objects ``up --target TARGET [--replicas N]`` applies (its own code path),
+    printed or written to ``out``; the Secret only with ``include_secrets``. ``target``
+    defaults to the last ``up``'s when it has manifests, else kubernetes."""
+    project = load_project(project_dir)
+    if target is None:
+        active = active_target(project)
+        target = active if target_info(active).manifests else "kubernetes"
+    if not target_info(target).manifests:
+        from taskscale.targets.capabilities import require
+
+        stack = get_target(target, project)
+        require(None, stack.name, "manifests", stack.guide)
+    from taskscale.targets.base import validate_replicas
+    from taskscale.targets.kube import manifests as k8s
+
+    settings = project.config.kubernetes
+    wanted = replicas if replicas is not None else project.config.stack.replicas
+    validate_replicas(
+        wanted,
+        settings.hpa_max_replicas,
+        setting="[kubernetes] hpa_max_replicas",
+        maximum="the autoscaler's maximum",
+    )
+    rendered = k8s.render(
+        project, k8s.OVERLAYS[target], min_replicas=wanted, include_secrets=include_secrets
+    )
+    written = k8s.write_dir(rendered.objects, out) if out is not None else None
+    return ManifestsResult(target, rendered, written)

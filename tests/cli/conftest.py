@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CliRunner
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -46,3 +48,11 @@ max_replicas = {max_replicas}
 @pytest.fixture
 def mini_project(tmp_path: Path) -> Path:
     return write_minimal_project(tmp_path / "mini")
+
+
+@pytest.fixture
+def generated(tmp_path: Path, run_cli: CliRunner) -> Path:
+    """A project `taskscale new` rendered (nothing started)."""
+    result = run_cli("new", "gen", "--output-dir", str(tmp_path), "--no-git")
+    assert result.exit_code == 0, result.stderr
+    return tmp_path / "gen"

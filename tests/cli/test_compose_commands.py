@@ -11,13 +11,6 @@ from tests.conftest import CliRunner, one_error_line
 NO_ENGINE = "unix:///nonexistent/docker.sock"
 
 
-@pytest.fixture
-def generated(tmp_path: Path, run_cli: CliRunner) -> Path:
-    result = run_cli("new", "ct", "--output-dir", str(tmp_path), "--no-git")
-    assert result.exit_code == 0, result.stderr
-    return tmp_path / "ct"
-
-
 def test_replicas_checked_before_the_engine(run_cli: CliRunner, generated: Path) -> None:
     result = run_cli("up", "--target", "compose", "--replicas", "0", "--project", str(generated))
     assert result.exit_code == 2
@@ -46,10 +39,11 @@ def test_no_engine_is_one_clear_line(
 
 
 def test_missing_compose_file_is_named(run_cli: CliRunner, generated: Path) -> None:
-    (generated / "deploy" / "docker-compose.yml").unlink()
+    (generated / "compose.yaml").unlink()
     result = run_cli("up", "--target", "compose", "--project", str(generated))
     assert result.exit_code == 3
-    assert "docker-compose.yml is missing" in one_error_line(result.stderr)
+    line = one_error_line(result.stderr)
+    assert "compose.yaml is missing" in line and "taskscale update" in line
 
 
 def test_missing_env_file_is_named(run_cli: CliRunner, generated: Path) -> None:

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from taskscale import proc
-from taskscale.config import load_config
+from taskscale.config import load_config, load_project
 from taskscale.scaffold import transaction
 from taskscale.scaffold import update as update_module
 from taskscale.scaffold.answers import answer_keys, project_config
 from taskscale.scaffold.record import RECORD_FILE, Record, read_record, write_record
-from taskscale.scaffold.releases import Catalog, archive_template, default_catalog, digest
+from taskscale.scaffold.releases import Catalog, Tree, archive_template, default_catalog, digest
 from taskscale.scaffold.render import template_root
 from taskscale.scaffold.values import SECRET_KEYS, env_file_text, generate_secrets
+from taskscale.targets.compose import ComposeTarget
 from tests.conftest import CliRunner, one_error_line
 from tests.unit.test_releases import V010_TEMPLATE
 from tests.unit.test_update_transaction import fail_on_replace, snapshot
@@ -505,18 +506,14 @@ def test_a_real_signal_mid_update_leaves_the_project_as_it_was(
     assert (project / "app" / "new_module.py").is_file()
 
 
-@pytest.mark.parametrize("how", ["record", "adopt"])
-def test_real_path_from_the_0_1_0_template_to_the_live_one(
-    run_cli: CliRunner, tmp_path: Path, how: str
-) -> None:
-    """A project as taskscale 0.1.0 (main at 702e492) rendered it, edited, then updated to the
-    live template: edits kept, untouched files replaced, code compiles, config loads."""
-    catalog = default_catalog()
-    old = catalog.find(V010_TEMPLATE)
+def project_of_0_1_0(
+    tmp_path: Path, answers: dict[str, str], *, record: bool = True
+) -> tuple[Path, Tree, str]:
+    """(project, its pristine render, its .env text) as taskscale 0.1.0 wrote it."""
+    old = default_catalog().find(V010_TEMPLATE)
     assert old is not None
-    answers = {"name": "tasks-api", "broker": "kafka"}
     base = old.render(answers)
-    project = tmp_path / "tasks-api"
+    project = tmp_path / answers["name"]
     for rel, item in base.items():
         path = project / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -524,8 +521,20 @@ def test_real_path_from_the_0_1_0_template_to_the_live_one(
         path.chmod(0o755 if item.executable else 0o644)
     env_text = env_file_text(project_config(answers, "0.1.0"), generate_secrets())
     (project / ".env").write_text(env_text)
-    if how == "record":
+    if record:
         write_record(project, Record("0.1.0", V010_TEMPLATE, digest(base), answers))
+    return project, base, env_text
+
+
+@pytest.mark.parametrize("how", ["record", "adopt"])
+def test_real_path_from_the_0_1_0_template_to_the_live_one(
+    run_cli: CliRunner, tmp_path: Path, how: str
+) -> None:
+    """A project as taskscale 0.1.0 (main at 702e492) rendered it, edited, then updated to the
+    live template: edits kept, untouched files replaced, code compiles, config loads."""
+    catalog = default_catalog()
+    answers = {"name": "tasks-api", "broker": "kafka"}
+    project, base, env_text = project_of_0_1_0(tmp_path, answers, record=how == "record")
 
     toml = project / "taskscale.toml"
     toml.write_text(toml.read_text().replace("api = 8080", "api = 18080"))
@@ -558,6 +567,17 @@ def test_real_path_from_the_0_1_0_template_to_the_live_one(
             assert "<<<<<<< yours" not in path.read_text(encoding="utf-8"), path
     config = load_config(toml)
     assert config.ports.api == 18080 and config.project.broker == "kafka"
+    # Issue 15's moves: compose.yaml at the root replaces the untouched deploy/docker-compose.yml,
+    # the Locust manifests become a component, the migrate Job goes; the image is pinned.
+    actions = {f["path"]: f["action"] for f in data["files"]}
+    assert actions["deploy/docker-compose.yml"] == "removed"
+    assert actions["compose.yaml"] == "added"
+    assert actions["deploy/k8s/base/locust.yaml"] == "removed"
+    assert actions["deploy/k8s/base/migrate-job.yaml"] == "removed"
+    assert actions["deploy/k8s/components/loadtest/locust.yaml"] == "added"
+    assert actions["uv.lock"] == "added"
+    assert not (project / "deploy" / "docker-compose.yml").exists()
+    assert config.images.app == "tasks-api-app:0.1.0" and config.images.worker is None
     assert (project / "app" / "extra.py").read_text() == '"""Mine."""\n\nEXTRA = 1\n'
     assert (
         not (project / "loadtest" / "locustfile.py").exists()
@@ -591,6 +611,27 @@ def test_switching_the_real_template_to_kafka_keeps_a_readme_edit(
     assert "Kafka broker, Prometheus metrics" in text and "Redis Streams broker" not in text
     kustomization = (project / "deploy" / "k8s" / "base" / "kustomization.yaml").read_text()
     assert "- kafka.yaml" in kustomization
-    assert "\n  kafka:\n" in (project / "deploy" / "docker-compose.yml").read_text()
+    assert "\n  kafka:\n" in (project / "compose.yaml").read_text()
     assert load_config(project / "taskscale.toml").project.broker == "kafka"
     assert _env(project / ".env")["BROKER"] == "kafka"
+
+
+def test_an_edited_old_compose_file_is_kept_next_to_the_new_one(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The template moved deploy/docker-compose.yml to compose.yaml: a user's edits are not
+    deleted (kept-changed), compose.yaml arrives, and the compose target says which one it uses."""
+    project, _, _ = project_of_0_1_0(tmp_path, {"name": "tasks-api", "broker": "redis"})
+    old_compose = project / "deploy" / "docker-compose.yml"
+    old_compose.write_text(old_compose.read_text() + "# ours: a sidecar\n")
+
+    result = run_cli("update", "--project", str(project), "--json")
+    assert result.exit_code == 0, result.stderr
+    actions = {f["path"]: f["action"] for f in json.loads(result.stdout)["files"]}
+    assert actions["deploy/docker-compose.yml"] == "kept-changed"
+    assert actions["compose.yaml"] == "added"
+    assert old_compose.read_text().endswith("# ours: a sidecar\n")
+    (note,) = ComposeTarget(load_project(project)).file_notes()  # `status` shows it
+    assert note.startswith("deploy/docker-compose.yml is not used any more: compose.yaml")
+    old_compose.unlink()
+    assert ComposeTarget(load_project(project)).file_notes() == []

@@ -2,7 +2,7 @@
 
 No registry is reachable on CI machines, so ``standin_images`` builds small local images that
 stand in for the official python/postgres/redis/nginx ones (tests/docker/standins/build.sh) and
-points the TASKSCALE_*_IMAGE variables of deploy/docker-compose.yml at them. Without an engine
+points the TASKSCALE_*_IMAGE variables of the project's compose.yaml at them. Without an engine
 these tests skip with the reason, except under CI (CI=true), where a missing engine fails.
 """
 

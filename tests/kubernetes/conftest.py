@@ -19,6 +19,7 @@ from tests.kubernetes.emulator import RunningEmulator, serve
 METRICS_APISERVICE = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"
 APPLY = {"Content-Type": "application/apply-patch+yaml"}
 APP_IMAGE = "registry.example.com/tasks-api-app:1.0"
+LOADTEST_IMAGE = "registry.example.com/tasks-api-loadtest:1.0"
 
 # Skipped without kubectl, except under CI, where the tests must run (and fail without it).
 needs_kubectl = pytest.mark.skipif(
@@ -36,11 +37,13 @@ def k8s_project_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         result = create_project(
             NewProjectSpec(name="tasks-api", output_dir=base, broker=broker, git=False)
         )
-        # A pushed image: `up --target kubernetes` refuses a local-only name.
-        for path in [result.path / "taskscale.toml", *(result.path / "deploy/k8s").rglob("*")]:
-            if path.is_file():
-                text = path.read_text(encoding="utf-8")
-                path.write_text(text.replace("tasks-api-app:latest", APP_IMAGE), encoding="utf-8")
+        # A pushed image: `up --target kubernetes` refuses a local-only name. taskscale.toml is
+        # the one place it is set (deploy/k8s gets it through kustomize's images:).
+        toml = result.path / "taskscale.toml"
+        text = toml.read_text(encoding="utf-8")
+        assert 'app = "tasks-api-app:0.1.0"' in text
+        text = text.replace("tasks-api-app:0.1.0", APP_IMAGE)
+        toml.write_text(text.replace("tasks-api-loadtest:0.1.0", LOADTEST_IMAGE), encoding="utf-8")
         out[broker] = result.path
     return out
 

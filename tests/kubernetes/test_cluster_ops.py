@@ -24,7 +24,7 @@ from taskscale.loadtest.spec import LoadTestSpec
 from taskscale.targets.kube import loadgen
 from tests.cli.test_signals import EXPECTED, interrupt, start_cli
 from tests.conftest import CliRunner
-from tests.kubernetes.conftest import APP_IMAGE, FakeController, needs_kubectl
+from tests.kubernetes.conftest import APP_IMAGE, LOADTEST_IMAGE, FakeController, needs_kubectl
 from tests.kubernetes.emulator import RunningEmulator
 from tests.kubernetes.test_target import add_pod, target
 
@@ -174,7 +174,10 @@ def test_cli_loadtest_in_the_cluster_reports_and_gates(
     assert worker["parallelism"] == worker["completions"] == 2
     master_pod = jobs[loadgen.MASTER]["spec"]["template"]["spec"]
     container = master_pod["containers"][0]
-    assert container["image"] == APP_IMAGE, "the pod spec is the manifests' locust-master"
+    # The pod spec is the loadtest component's locust-master, built with the overlay: the
+    # loadtest image of taskscale.toml, and no Locust Deployment was ever applied.
+    assert container["image"] == LOADTEST_IMAGE
+    assert not [d for d in emulator.objects("deployments") if "locust" in d["metadata"]["name"]]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert master_pod["restartPolicy"] == "Never" and "readinessProbe" not in container
     args = container["args"]
@@ -379,7 +382,7 @@ def test_replicate_status_of_a_stack_that_is_not_up(
 
 
 def _with_image(project: Project, image: str) -> Project:
-    images = project.config.images.model_copy(update={"app": image, "worker": image})
+    images = project.config.images.model_copy(update={"app": image})
     project.config = project.config.model_copy(update={"images": images})
     return project
 
@@ -403,14 +406,33 @@ def test_a_local_only_image_name_is_refused_before_anything_is_applied(
     k8s_project: Project, emulator: RunningEmulator
 ) -> None:
     runner = _registry(0, "")
-    stack = target(_with_image(k8s_project, "tasks-api-app:latest"), runner=runner)
+    stack = target(_with_image(k8s_project, "tasks-api-app:0.1.0"), runner=runner)
     with pytest.raises(TargetError) as info:
         stack.up(1)
     assert info.value.message == (
-        "image tasks-api-app:latest is a local-only name: cluster nodes would pull "
-        "docker.io/library/tasks-api-app:latest, which is not your build"
+        "image tasks-api-app:0.1.0 is a local-only name: cluster nodes would pull "
+        "docker.io/library/tasks-api-app:0.1.0, which is not your build"
     )
     assert info.value.hint is not None and "docker push" in info.value.hint
+    assert emulator.objects("deployments") == [] and runner.calls == []
+
+
+@pytest.mark.usefixtures("metrics_server")
+@pytest.mark.parametrize("flavor", ["kubernetes", "minikube"])
+@pytest.mark.parametrize(
+    "image", ["registry.example.com/tasks-api-app:latest", "registry.example.com/tasks-api-app"]
+)
+def test_an_image_not_pinned_to_a_version_is_refused(
+    k8s_project: Project, emulator: RunningEmulator, image: str, flavor: str
+) -> None:
+    """The check reads the image of the built manifests, which taskscale.toml sets."""
+    runner = _registry(0, "")
+    with pytest.raises(TargetError) as info:
+        target(_with_image(k8s_project, image), flavor, runner=runner).up(1)
+    assert info.value.message == (
+        f"image {image} is not pinned to a version: nodes could run different builds under one name"
+    )
+    assert info.value.hint is not None and "[images] app" in info.value.hint
     assert emulator.objects("deployments") == [] and runner.calls == []
 
 

@@ -1,6 +1,7 @@
 """deploy/k8s for every option combination: each rendered manifest and each built overlay
 validates with kubernetes-validate --strict against Kubernetes 1.30 through 1.34, and
-`kubectl kustomize` builds both overlays with the objects issue 7 lists."""
+`kubectl kustomize` builds both overlays, with and without the loadtest component, from a fresh
+render with no taskscale step, with the objects issues 7 and 15 list."""
 
 from __future__ import annotations
 
@@ -18,18 +19,6 @@ from tests.kubernetes.conftest import needs_kubectl
 VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0"]
 BROKERS = ["redis", "kafka"]
 OVERLAYS = ["minikube", "production"]
-SECRETS = "".join(
-    f"{key}=test-{key.lower()}\n"
-    for key in (
-        "POSTGRES_USER",
-        "POSTGRES_PASSWORD",
-        "POSTGRES_DB",
-        "REPLICATION_USER",
-        "REPLICATION_PASSWORD",
-        "REDIS_PASSWORD",
-        "SECRET_KEY",
-    )
-)
 
 
 def validate_all(docs: list[dict[str, Any]], where: str) -> None:
@@ -44,10 +33,16 @@ def validate_all(docs: list[dict[str, Any]], where: str) -> None:
     assert not failures, "\n".join(failures)
 
 
-def build(project: Path, overlay: str) -> list[dict[str, Any]]:
-    (project / "deploy/k8s/base/secrets.env").write_text(SECRETS, encoding="utf-8")
+def build(project: Path, overlay: str, *components: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of an overlay as a user runs it (components enabled the way the
+    component's kustomization.yaml says: listed in the overlay)."""
+    directory = project / "deploy/k8s/overlays" / overlay
+    if components:
+        kustomization = directory / "kustomization.yaml"
+        listed = "".join(f"  - ../../components/{c}\n" for c in components)
+        kustomization.write_text(kustomization.read_text() + f"components:\n{listed}")
     out = subprocess.run(
-        ["kubectl", "kustomize", str(project / "deploy/k8s/overlays" / overlay)],
+        ["kubectl", "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -108,43 +103,83 @@ def test_overlay_builds_and_validates(
         ("Service", "postgres-ro"),
         ("Deployment", "redis"),
         ("Deployment", "worker"),
-        ("Job", "migrate"),
-        ("Deployment", "locust-master"),
-        ("Deployment", "locust-worker"),
     }
     assert expected <= kinds
     assert (("StatefulSet", "kafka") in kinds) == (broker == "kafka")
     assert (("Ingress", "app") in kinds) == (overlay == "minikube")
+    # Locust is an optional component, the migrations run in init containers (no Job), and
+    # no Secret is built: the workloads reference one by name.
+    assert not {k for k in kinds if k[0] in ("Job", "Secret") or "locust" in k[1]}, kinds
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
         "tasks-api"
     }
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    # Secrets come from the generated env file only, and workloads reference the hashed name.
-    (secret,) = [d for d in docs if d["kind"] == "Secret"]
-    assert secret["metadata"]["name"].startswith("app-secrets-")
     app = by_name[("Deployment", "app")]["spec"]["template"]
-    refs = [
-        e["secretRef"]["name"] for e in app["spec"]["containers"][0]["envFrom"] if "secretRef" in e
-    ]
-    assert refs == [secret["metadata"]["name"]]
+    worker = by_name[("Deployment", "worker")]["spec"]["template"]
+    for pod in (app, worker):
+        refs = [
+            e["secretRef"]["name"]
+            for c in [*pod["spec"]["initContainers"], *pod["spec"]["containers"]]
+            for e in c.get("envFrom", [])
+            if "secretRef" in e
+        ]
+        assert refs and set(refs) == {"app-secrets"}
+        (migrate,) = pod["spec"]["initContainers"]
+        assert migrate["name"] == "migrate" and migrate["command"] == ["alembic", "upgrade", "head"]
+    images = set()
     for (kind, name), doc in by_name.items():
         if kind not in ("Deployment", "StatefulSet", "Job"):
             continue
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            images.add(container["image"])
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, name
             assert sc["capabilities"]["drop"] == ["ALL"], name
             assert "limits" in container["resources"] and "requests" in container["resources"]
             if name != "kafka":
                 assert sc["readOnlyRootFilesystem"] is True, name
-    annotations = app["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
+            # $(VAR) would expand a secret into the container's argv, which `ps` shows.
+            argv = " ".join([*container.get("command", []), *container.get("args", [])])
+            assert "PASSWORD" not in argv.replace("$REDIS_PASSWORD", ""), (name, argv)
+    # Every image pinned: the app's from [images] app (rendered from the project's version),
+    # PostgreSQL's from [postgres] version, through kustomize's images: entries.
+    assert "tasks-api-app:0.1.0" in images and "postgres:18" in images
+    assert all(":" in i.rsplit("/", 1)[-1] and not i.endswith(":latest") for i in images), images
+    assert app["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    annotations = worker["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"]
+    (container,) = worker["spec"]["containers"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    assert str(port) == annotations["prometheus.io/port"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics", probe
     standby = by_name[("StatefulSet", "postgres-standby")]["spec"]["template"]["spec"]
     assert standby["initContainers"][0]["command"][-1].endswith("standby-clone.sh")
     expected_standbys = 2 if overlay == "production" else 1
     assert by_name[("StatefulSet", "postgres-standby")]["spec"]["replicas"] == expected_standbys
+
+
+@pytest.mark.kubernetes
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_loadtest_component_adds_locust_to_an_overlay(
+    k8s_project_template: dict[str, Path], overlay: str, tmp_path: Path
+) -> None:
+    project = tmp_path / "p"
+    shutil.copytree(k8s_project_template["redis"], project)
+    docs = build(project, overlay, "loadtest")
+    validate_all(docs, f"loadtest/{overlay}")
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    for name in ("locust-master", "locust-worker"):
+        deployment = by_name[("Deployment", name)]
+        assert deployment["spec"]["replicas"] == 0 and deployment["metadata"]["namespace"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == "tasks-api-loadtest:0.1.0"  # [images] loadtest
+        labels = deployment["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "taskscale"
+    assert ("Service", "locust-master") in by_name
 
 
 def test_standby_clone_uses_pg_basebackup_with_recovery_config(
@@ -168,7 +203,8 @@ def test_secrets_never_reach_the_manifests(k8s_project_template: dict[str, Path]
         if "=" in line and not line.startswith("#")
     )
     k8s = project / "deploy" / "k8s"
-    text = "".join(p.read_text() for p in k8s.rglob("*") if p.is_file() and p.name != "secrets.env")
+    text = "".join(p.read_text() for p in k8s.rglob("*") if p.is_file())
     for key in ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REDIS_PASSWORD", "SECRET_KEY"):
         assert env[key] not in text, key
+    # Older templates wrote secrets there: it stays ignored so a leftover is never committed.
     assert "deploy/k8s/base/secrets.env" in (project / ".gitignore").read_text()

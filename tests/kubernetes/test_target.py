@@ -4,6 +4,7 @@ metrics-server, image missing). Pods never run there: FakeController patches wor
 
 from __future__ import annotations
 
+import base64
 import shutil
 import socket
 from pathlib import Path
@@ -58,11 +59,16 @@ def test_up_applies_the_overlay_and_waits_for_every_rollout(
         status = target(k8s_project).up(2, on_step=steps.append)
 
     deployments = {o["metadata"]["name"]: o for o in emulator.objects("deployments")}
-    assert set(deployments) == {"app", "worker", "redis", "locust-master", "locust-worker"}
+    assert set(deployments) == {"app", "worker", "redis"}  # Locust is an optional component
     assert "replicas" not in deployments["app"]["spec"], "the HPA owns the app's replica count"
+    for name in ("app", "worker"):  # they migrate before they serve: no Job to order
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["initContainers"]] == ["migrate"]
+        # [images] app of taskscale.toml, applied through kustomize's images: entry.
+        assert {c["image"] for c in [*pod["initContainers"], *pod["containers"]]} == {APP_IMAGE}
     statefulsets = {o["metadata"]["name"] for o in emulator.objects("statefulsets")}
     assert statefulsets == {"postgres-primary", "postgres-standby"}  # broker redis: no kafka
-    assert {o["metadata"]["name"] for o in emulator.objects("jobs")} == {"migrate"}
+    assert emulator.objects("jobs") == []
     assert "tasks-api" in emulator.emulator.namespaces
     for plural in ("deployments", "statefulsets", "services", "configmaps", "secrets"):
         for obj in emulator.objects(plural):
@@ -70,10 +76,13 @@ def test_up_applies_the_overlay_and_waits_for_every_rollout(
     (hpa,) = emulator.objects("horizontalpodautoscalers")
     assert hpa["spec"]["minReplicas"] == 2
     assert hpa["spec"]["maxReplicas"] == k8s_project.config.kubernetes.hpa_max_replicas
+    # The Secret the workloads name, made from .env; nothing is written into the project.
     (secret,) = emulator.objects("secrets")
-    secrets_env = k8s_project.root / "deploy/k8s/base/secrets.env"
-    assert secrets_env.stat().st_mode & 0o777 == 0o600
-    assert set(secret["data"]) >= {"POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REDIS_PASSWORD"}
+    assert secret["metadata"]["name"] == "app-secrets"
+    env = k8s_project.secrets()
+    for key in ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REDIS_PASSWORD", "SECRET_KEY"):
+        assert base64.b64decode(secret["data"][key]).decode() == env[key]
+    assert not list((k8s_project.root / "deploy").rglob("*.env"))
 
     assert any(s.startswith("applying deployment/app") for s in steps)
     assert any(s.startswith("waiting for") for s in steps), "rollout progress is reported"
@@ -81,13 +90,18 @@ def test_up_applies_the_overlay_and_waits_for_every_rollout(
     by_name = {s.name: s for s in status.services}
     assert by_name["postgres-primary"].kind == "postgres"
     assert by_name["worker"].healthy and by_name["worker"].state == "running"
-    assert by_name["locust-worker"].state == "stopped"  # scaled to 0 until a load test
     assert any(note.startswith("autoscaler app:") for note in status.notes)
+    # taskscale.toml's image differs from what deploy/k8s was rendered with: said, not silent.
+    assert any(
+        "deploy/k8s/base/kustomization.yaml sets tasks-api-app to tasks-api-app:0.1.0; "
+        f"applied [images] app = {APP_IMAGE}" in note
+        for note in status.notes
+    ), status.notes
     assert status.endpoints.extra["port-forward"].startswith("kubectl -n tasks-api")
 
 
 @pytest.mark.usefixtures("metrics_server")
-def test_up_server_side_applies_with_one_field_manager_and_replaces_the_job(
+def test_up_server_side_applies_with_one_field_manager(
     k8s_project: Project, emulator: RunningEmulator, controller: FakeController
 ) -> None:
     with controller:
@@ -105,7 +119,7 @@ def test_up_server_side_applies_with_one_field_manager_and_replaces_the_job(
     )
     assert all(r.headers.get("Authorization") == "Bearer test-token" for r in patches)
     deletes = [r for r in emulator.requests() if str(r.method).upper().endswith("DELETE")]
-    assert [r.url.path for r in deletes] == ["/apis/batch/v1/namespaces/tasks-api/jobs/migrate"]
+    assert deletes == [], "re-applying replaces nothing (no immutable Job in the manifests)"
     (hpa,) = emulator.objects("horizontalpodautoscalers")
     assert hpa["spec"]["minReplicas"] == 3
 
@@ -118,10 +132,10 @@ def test_up_times_out_naming_what_is_not_ready(
         emulator,
         "app-1",
         {"app.kubernetes.io/name": "app"},
-        phase="Running",
-        containerStatuses=[
+        phase="Pending",
+        initContainerStatuses=[
             {
-                "name": "main",
+                "name": "migrate",
                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
             }
         ],
@@ -129,8 +143,10 @@ def test_up_times_out_naming_what_is_not_ready(
     with pytest.raises(ServiceNotReady) as info:
         target(k8s_project).up(1)
     message = info.value.message
-    assert "within 3s" in message and "app 0/1" in message and "migrate running" in message
-    assert info.value.detail is not None and "app-1/main: CrashLoopBackOff" in info.value.detail
+    assert "within 3s" in message and "app 0/1" in message and "worker 0/1" in message
+    assert info.value.detail is not None and "app-1/migrate: CrashLoopBackOff" in info.value.detail
+    assert info.value.hint is not None
+    assert "taskscale logs migrate --target kubernetes" in info.value.hint
 
 
 @pytest.mark.usefixtures("metrics_server")
@@ -220,7 +236,10 @@ def test_minikube_image_not_loaded(k8s_project: Project, emulator: RunningEmulat
     with pytest.raises(TargetError) as info:
         target(k8s_project, "minikube", runner=runner).up(1)
     assert info.value.message == f"image {APP_IMAGE} is not in the minikube cluster"
-    assert info.value.hint == f"build it, then run `minikube image load {APP_IMAGE}`"
+    assert info.value.hint == (
+        f"build it into minikube's engine: `minikube -p kmock image build -t {APP_IMAGE} "
+        "-f deploy/Dockerfile .` in the project's root"
+    )
 
 
 @pytest.mark.usefixtures("metrics_server")
@@ -471,3 +490,61 @@ def test_logs_of_a_stack_that_is_not_up(
         "error: the stack is not running: namespace tasks-api does not exist"
     )
     assert result.stdout == ""
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_logs_migrate_reads_the_init_containers(
+    run_cli: CliRunner, k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    """`up` names `taskscale logs migrate` when the migrations fail: it reads the `migrate` init
+    container of every app and worker pod."""
+    with controller:
+        target(k8s_project).up(1)
+    for name, component in (("app-a", "app"), ("worker-a", "worker")):
+        add_pod(emulator, name, {"app.kubernetes.io/name": component}, phase="Pending")
+        path = f"get /api/v1/namespaces/tasks-api/pods/{name}/log"
+        emulator.call(
+            lambda p=path, n=name: emulator.emulator[p] << f"{n}: upgrade head\n".encode()
+        )
+    args = ["--target", "kubernetes", "--context", "kmock", "-p", str(k8s_project.root)]
+    result = run_cli("logs", "migrate", "--tail", "7", *args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "app-a/migrate | app-a: upgrade head",
+        "worker-a/migrate | worker-a: upgrade head",
+    ]
+    reads = [r for r in emulator.requests() if r.url.path.endswith("/log")]
+    assert {r.params["container"] for r in reads} == {"migrate"}
+    unknown = run_cli("logs", "nosuch", *args)
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip().endswith(
+        "choose one of app, clone-primary, migrate, postgres-primary, postgres-standby, redis, "
+        "worker"
+    )
+
+
+@pytest.mark.usefixtures("metrics_server")
+def test_logs_of_a_job_without_a_selector(
+    k8s_project: Project, emulator: RunningEmulator, controller: FakeController
+) -> None:
+    """A Job read back without spec.selector (the emulator; real API servers add one) is read
+    through its pod template's labels: no KeyError."""
+    with controller:
+        target(k8s_project).up(1)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "backfill", "namespace": "tasks-api"},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "backfill"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "x"}]},
+            }
+        },
+    }
+    url = f"{emulator.url}/apis/batch/v1/namespaces/tasks-api/jobs/backfill"
+    httpx.patch(url, json=job, headers=APPLY).raise_for_status()
+    add_pod(emulator, "backfill-x", {"app.kubernetes.io/name": "backfill"}, phase="Running")
+    path = "get /api/v1/namespaces/tasks-api/pods/backfill-x/log"
+    emulator.call(lambda: emulator.emulator[path] << b"done\n")
+    assert list(target(k8s_project).logs("backfill", tail=5, follow=False)) == ["done"]

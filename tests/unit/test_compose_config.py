@@ -1,5 +1,6 @@
-"""Render-time checks of deploy/docker-compose.yml: `docker compose config` accepts it for both
-brokers and with replication on, and the stack has the shape issue 6 asks for."""
+"""Render-time checks of compose.yaml: `docker compose config`, run from the project's root with
+no flag (as a user would), accepts it for both brokers and with replication on, and the stack has
+the shape issues 6 and 15 ask for."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _compose() -> tuple[str, ...]:
 
 
 def _config(project: Path, *profiles: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    argv = [*_compose(), "-f", "deploy/docker-compose.yml", "--env-file", ".env"]
+    argv = [*_compose()]  # Compose finds compose.yaml and .env in the working directory
     for profile in profiles:
         argv += ["--profile", profile]
     done = subprocess.run(
@@ -99,7 +100,8 @@ def test_shape_of_the_stack(project: Path) -> None:
 
 def test_images_are_official_by_default_and_overridable(project: Path) -> None:
     services = _config(project)["services"]
-    assert services["postgres"]["image"] == "postgres:17"
+    assert services["postgres"]["image"] == "postgres:18"  # [postgres] version
+    assert services["app"]["image"] == "cfg-app:0.1.0"  # [images] app: the project's version
     assert services["redis"]["image"] == "redis:7"
     assert services["nginx"]["image"].startswith("nginx:")
     assert services["app"]["build"]["args"]["BASE_IMAGE"].startswith("python:")
@@ -133,8 +135,8 @@ def test_without_secrets_config_names_the_missing_one(project: Path, tmp_path: P
     empty.write_text("# no secrets\n")
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS", "REPL"))}
     done = subprocess.run(
-        [*_compose(), "-f", str(project / "deploy" / "docker-compose.yml"), "--env-file",
-         str(empty), "config", "-q"],
+        [*_compose(), "-f", str(project / "compose.yaml"), "--env-file", str(empty), "config",
+         "-q"],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path, env=keep,
     )  # fmt: skip
     assert done.returncode != 0
@@ -148,3 +150,34 @@ def test_dockerfile_runs_as_non_root_with_healthcheck(project: Path) -> None:
     assert 'CMD ["uvicorn"' in text  # exec form: uvicorn gets SIGTERM and drains
     ignored = (project / ".dockerignore").read_text().split()
     assert ".env" in ignored and ".taskscale" in ignored
+
+
+def test_no_secret_on_a_command_line(project: Path) -> None:
+    """Redis gets its password from a config file; `ps` and `docker inspect` show commands."""
+    secrets = read_env_file(project / ".env")
+    config = _config(project, "replication", "observability")
+    for name, svc in config["services"].items():
+        for field in ("command", "entrypoint"):
+            text = json.dumps(svc.get(field) or [])
+            for key in (
+                "POSTGRES_PASSWORD",
+                "REPLICATION_PASSWORD",
+                "REDIS_PASSWORD",
+                "SECRET_KEY",
+            ):
+                assert secrets[key] not in text, (name, field, key)
+    redis = config["services"]["redis"]
+    (mount,) = redis["configs"]
+    assert mount["target"] in redis["command"]
+    content = config["configs"][mount["source"]]["content"]
+    assert content.strip() == f'requirepass "{secrets["REDIS_PASSWORD"]}"'
+
+
+def test_postgres_keeps_its_data_in_the_per_major_layout(project: Path) -> None:
+    """PostgreSQL 18+ images keep PGDATA under /var/lib/postgresql/MAJOR: the volume is mounted
+    one level up, the same in the Kubernetes StatefulSets."""
+    services = _config(project, "replication")["services"]
+    (data,) = [v for v in services["postgres"]["volumes"] if v["type"] == "volume"]
+    assert data["target"] == "/var/lib/postgresql"
+    (tmpfs,) = [v for v in services["postgres-standby"]["volumes"] if v["type"] == "tmpfs"]
+    assert tmpfs["target"] == "/var/lib/postgresql"

@@ -18,7 +18,18 @@ from types import FrameType
 import typer
 
 from taskscale import __version__, console
-from taskscale.cli import down, loadtest, logs, new, replicate, report, status, up, update
+from taskscale.cli import (
+    down,
+    loadtest,
+    logs,
+    manifests,
+    new,
+    replicate,
+    report,
+    status,
+    up,
+    update,
+)
 from taskscale.cli.common import state
 from taskscale.errors import TaskscaleError
 
@@ -49,6 +60,7 @@ app.command("logs")(logs.command)
 app.command("down")(down.command)
 app.add_typer(replicate.app, name="replicate")
 app.command("update")(update.command)
+app.command("manifests")(manifests.command)
 
 
 def _version(value: bool) -> None:

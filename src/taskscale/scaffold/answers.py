@@ -25,6 +25,8 @@ from taskscale.errors import TaskscaleError, UsageError
 
 # Fields of [project] that are computed, not asked.
 DERIVED_FIELDS = frozenset({"package", "taskscale_version"})
+# A new project's version (its pyproject.toml) and so the tag of its images.
+PROJECT_VERSION = "0.1.0"
 
 Answers = dict[str, Any]
 
@@ -94,7 +96,9 @@ def project_config(answers: Mapping[str, Any], version: str) -> ProjectConfig:
     name = answers["name"]
     return ProjectConfig(
         project=ProjectSection(package=package_name(name), taskscale_version=version, **answers),
-        images=ImagesSection(app=f"{name}-app:latest", worker=f"{name}-app:latest"),
+        images=ImagesSection(
+            app=f"{name}-app:{PROJECT_VERSION}", loadtest=f"{name}-loadtest:{PROJECT_VERSION}"
+        ),
         kubernetes=KubernetesSection(namespace=name),
     )
 

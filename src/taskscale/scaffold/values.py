@@ -11,21 +11,31 @@ import secrets
 from typing import Any
 
 from taskscale.config import ProjectConfig
+from taskscale.scaffold.answers import PROJECT_VERSION
 
 ENV_FILE = ".env"
 SECRET_KEYS = ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REDIS_PASSWORD", "SECRET_KEY")
 
 
 def template_context(config: ProjectConfig) -> dict[str, Any]:
-    """What every ``.jinja`` template sees."""
+    """What every ``.jinja`` template sees.
+
+    ``images`` is what the templates of 0.1.0 rendered (``NAME-app:latest`` for the app and
+    the worker), kept as it was so ``taskscale update`` reproduces them; later templates use
+    ``app_image`` and ``loadtest_image`` (``[images]``, pinned to the project's version)."""
+    name = config.project.name
+    legacy = f"{name}-app:latest"
     return {
+        "project_version": PROJECT_VERSION,
+        "app_image": config.images.app,
+        "loadtest_image": config.images.loadtest,
         "name": config.project.name,
         "package": config.project.package,
         "broker": config.project.broker,
         "auth": config.project.auth,
         "taskscale_version": config.project.taskscale_version,
         "ports": config.ports,
-        "images": config.images,
+        "images": {"app": legacy, "worker": legacy},
         "cache_ttl": config.cache.ttl_seconds,
         "pool_size": config.postgres.pool_size,
         "replicas": config.stack.replicas,

@@ -23,6 +23,8 @@ class TargetInfo:
     # Where `loadtest` runs Locust: None on this machine (one process per core by default),
     # else the default and maximum number of worker pods it runs next to the stack.
     load_workers: tuple[int, int] | None = None
+    # Whether `taskscale manifests` can print what `up` applies (deploy/k8s).
+    manifests: bool = False
 
 
 REGISTRY: dict[str, TargetInfo] = {
@@ -30,8 +32,8 @@ REGISTRY: dict[str, TargetInfo] = {
     for info in (
         TargetInfo("local"),
         TargetInfo("compose"),
-        TargetInfo("minikube", load_workers=(2, 100)),
-        TargetInfo("kubernetes", load_workers=(2, 100)),
+        TargetInfo("minikube", load_workers=(2, 100), manifests=True),
+        TargetInfo("kubernetes", load_workers=(2, 100), manifests=True),
     )
 }
 TARGETS = tuple(REGISTRY)

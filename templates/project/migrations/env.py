@@ -1,11 +1,16 @@
-"""Alembic environment: DATABASE_URL from the environment, sync psycopg 3 driver."""
+"""Alembic environment: DATABASE_URL from the environment, sync psycopg 3 driver.
+
+Upgrades run under a PostgreSQL advisory lock, so several runners can start at once (the
+migrate init container of every app and worker pod in Kubernetes, a compose `migrate` next to a
+manual one): one migrates, the others wait for it, then find the schema at head and do nothing.
+"""
 
 from __future__ import annotations
 
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from app.core.config import Settings
 from app.models import metadata
@@ -15,6 +20,8 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = metadata
+# pg_advisory_xact_lock key of the migrations (any constant the app uses for nothing else).
+MIGRATION_LOCK = 7_245_311_908
 
 
 def _url() -> str:
@@ -32,6 +39,8 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():
+            # Held until this transaction commits; the current revision is read after it.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             context.run_migrations()
     engine.dispose()
 

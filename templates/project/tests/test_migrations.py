@@ -1,6 +1,11 @@
-"""Alembic: upgrade head -> downgrade base -> upgrade head, and the model matches the migration."""
+"""Alembic: upgrade head -> downgrade base -> upgrade head, concurrent upgrades, and the model
+matches the migration."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import psycopg
 from alembic import command
@@ -10,7 +15,7 @@ from sqlalchemy import create_engine
 
 from app.core.config import libpq_url
 from app.models import metadata
-from tests.conftest import alembic_config
+from tests.conftest import PROJECT_ROOT, alembic_config
 
 
 def tables(database_url: str) -> set[str]:
@@ -27,6 +32,26 @@ def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert tables(database_url) & app_tables == set()
     command.upgrade(config, "head")
     assert app_tables <= tables(database_url)
+
+
+def test_concurrent_upgrades_take_turns(database_url: str) -> None:
+    """Every Kubernetes pod runs `alembic upgrade head` before it serves: runs that start together
+    (separate processes, as pods are) serialize on the advisory lock in migrations/env.py instead
+    of creating the tables twice."""
+    command.downgrade(alembic_config(database_url), "base")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    argv = [sys.executable, "-m", "alembic", "upgrade", "head"]
+    runs = [
+        subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(3)
+    ]
+    for run in runs:
+        output, _ = run.communicate(timeout=120)
+        assert run.returncode == 0, output.decode(errors="replace")[-2000:]
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        versions = conn.execute("SELECT count(*) FROM alembic_version").fetchone()
+    assert versions == (1,)
+    assert {"tasks", "outbox", "idempotency_keys", "notifications"} <= tables(database_url)
 
 
 def test_models_match_migrations(database_url: str) -> None:

@@ -3,7 +3,7 @@
 # postgres, redis, nginx), because no container registry is reachable from CI machines: a
 # debootstrap'ed Debian 12 root imported as a base, then one small image per service that behaves
 # like the official one where the stack depends on it. Prints `export VAR=image` lines for the
-# TASKSCALE_*_IMAGE variables of deploy/docker-compose.yml. Idempotent: existing images are kept.
+# TASKSCALE_*_IMAGE variables of compose.yaml. Idempotent: existing images are kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 prefix="taskscale-standin"
@@ -30,14 +30,16 @@ if ! have "$prefix/base:bookworm"; then
   tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' - "$prefix/base:bookworm" >&2
 fi
 
-for svc in python postgres redis nginx; do
-  if ! have "$prefix/$svc:latest"; then
-    docker build -q --build-arg "BASE=$prefix/base:bookworm" -t "$prefix/$svc:latest" \
+# Tags name what a stand-in provides, so changing one means a new tag (the images are kept).
+for image in python:latest postgres:18 redis:latest nginx:latest; do
+  svc="${image%%:*}"
+  if ! have "$prefix/$image"; then
+    docker build -q --build-arg "BASE=$prefix/base:bookworm" -t "$prefix/$image" \
       "$here/$svc" >&2
   fi
 done
 
 echo "export TASKSCALE_PYTHON_IMAGE=$prefix/python:latest"
-echo "export TASKSCALE_POSTGRES_IMAGE=$prefix/postgres:latest"
+echo "export TASKSCALE_POSTGRES_IMAGE=$prefix/postgres:18"
 echo "export TASKSCALE_REDIS_IMAGE=$prefix/redis:latest"
 echo "export TASKSCALE_NGINX_IMAGE=$prefix/nginx:latest"

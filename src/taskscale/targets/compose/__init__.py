@@ -1,4 +1,4 @@
-"""The docker compose target (``deploy/docker-compose.yml`` on a Docker engine)."""
+"""The docker compose target (``compose.yaml`` at the project root, on a Docker engine)."""
 
 from taskscale.targets.compose.target import ComposeTarget
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 ENGINE_TIMEOUT_S = 30.0
 BUILD_TIMEOUT_S = 1800.0
+MIN_COMPOSE = (2, 23, 1)
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
 COMPOSE_HINT = (
@@ -68,7 +69,8 @@ def _is_script(path: str) -> bool:
 
 @functools.cache
 def compose_command() -> tuple[str, ...]:
-    """argv prefix of a Compose v2 (>= 2.20, for ``--wait`` and profiles) or MissingBinary."""
+    """argv prefix of a Compose v2 (>= 2.23.1: ``--wait``, profiles, and configs with
+    ``content``, which carry Redis's password) or MissingBinary."""
     candidates: list[tuple[str, ...]] = []
     if override := os.environ.get("TASKSCALE_COMPOSE"):
         candidates.append((override,))
@@ -83,12 +85,12 @@ def compose_command() -> tuple[str, ...]:
         version = _compose_version(argv)
         if version is None:
             continue
-        if version >= (2, 20, 0):
+        if version >= MIN_COMPOSE:
             return argv
         old = ".".join(map(str, version))
     if old is not None:
         raise MissingBinary(
-            f"Docker Compose {old} is too old: taskscale needs v2.20 or later", hint=COMPOSE_HINT
+            f"Docker Compose {old} is too old: taskscale needs v2.23.1 or later", hint=COMPOSE_HINT
         )
     raise MissingBinary("Docker Compose v2 is not installed", hint=COMPOSE_HINT)
 
@@ -208,6 +210,6 @@ def pull_hint(message: str) -> str | None:
     if any(s in message.lower() for s in _PULL_FAILURES):
         return (
             "an image could not be pulled: with no registry reachable, point the "
-            "TASKSCALE_*_IMAGE variables (see deploy/docker-compose.yml) at local images"
+            "TASKSCALE_*_IMAGE variables (see compose.yaml) at local images"
         )
     return None

@@ -1,4 +1,4 @@
-"""``--target compose``: the generated ``deploy/docker-compose.yml`` on a Docker engine.
+"""``--target compose``: the generated ``compose.yaml`` (at the project's root) on a Docker engine.
 
 ``up`` builds the app image with the engine's classic builder (no BuildKit needed), then runs
 ``docker compose up --detach --wait --scale app=N``; status and logs come from the Docker SDK.
@@ -55,7 +55,9 @@ from taskscale.targets.model import (
 )
 from taskscale.targets.ports import check_ports_free
 
-COMPOSE_FILE = Path("deploy") / "docker-compose.yml"
+COMPOSE_FILE = Path("compose.yaml")
+# Where templates before 0.2 put the compose file (Compose then needed --env-file .env).
+OLD_COMPOSE_FILE = Path("deploy") / "docker-compose.yml"
 DOCKERFILE = "deploy/Dockerfile"
 STATE_FILE = "compose.json"
 PROFILES_ALL = ("replication", "observability")
@@ -127,18 +129,24 @@ class ComposeTarget(Target):
 
     def compose(self, state: ComposeState) -> Compose:
         if not self.compose_file.is_file():
+            old = (self.project.root / OLD_COMPOSE_FILE).is_file()
             raise ConfigError(
-                f"{self.compose_file} is missing",
-                hint="regenerate it: `taskscale new NAME` in the parent directory keeps the "
-                "project's secrets and files you changed",
+                f"{self.compose_file} is missing"
+                + (f" ({OLD_COMPOSE_FILE} is the file of an older template)" if old else ""),
+                hint="`taskscale update` brings compose.yaml in and keeps your edits",
             )
         credentials = self.project.credentials()
         replica_url = ""
         if state.standbys > 0:
             replica_url = credentials.database_url(5432, host="postgres-standby")
+        # taskscale.toml's settings, unless the caller's environment overrides them (a mirror,
+        # local stand-in images): compose.yaml's own defaults are only what `new` rendered.
         env = {
             "TASKSCALE_API_PORT": str(self.config.ports.api),
             "TASKSCALE_READ_REPLICA_URLS": replica_url,
+            "TASKSCALE_APP_IMAGE": self.image,
+            "TASKSCALE_POSTGRES_IMAGE": os.environ.get("TASKSCALE_POSTGRES_IMAGE")
+            or f"postgres:{self.config.postgres.version}",
         }
         return Compose(self.compose_file, self.project.env_file, self.config.project.name, env)
 
@@ -235,6 +243,7 @@ class ComposeTarget(Target):
             1 for c in containers if c.labels.get(SERVICE_LABEL) == "app" and c.status == "running"
         )
         notes = [] if containers else ["not running: `taskscale up --target compose` starts it"]
+        notes += self.file_notes()
         return StackStatus(
             target=self.name,
             project=self.config.project.name,
@@ -267,6 +276,16 @@ class ComposeTarget(Target):
 
     def endpoints(self) -> Endpoints:
         return Endpoints(api=f"http://127.0.0.1:{self.config.ports.api}")
+
+    def file_notes(self) -> list[str]:
+        """What the user should know about the project's compose files."""
+        if (self.project.root / OLD_COMPOSE_FILE).is_file():
+            # `taskscale update` keeps the old file when the user had edited it.
+            return [
+                f"{OLD_COMPOSE_FILE} is not used any more: compose.yaml at the project root is "
+                "(move any edit of yours there, then delete the old file)"
+            ]
+        return []
 
     def logs(self, service: str | None, tail: int, follow: bool) -> LogStream:
         containers = self.containers()

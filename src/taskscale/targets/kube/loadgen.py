@@ -1,10 +1,11 @@
 """``loadtest --target minikube|kubernetes``: Locust as two Jobs in the stack's namespace.
 
 A master Job and a worker Job (one pod per ``--processes``) run the scenario from a ConfigMap,
-with taskscale's Locust plugin next to it. Their pod specs are the templates of the project's
-``locust-master`` / ``locust-worker`` Deployments as ``up`` applied them
-(``deploy/k8s/base/locust.yaml``), so image, security context and resources stay in the
-manifests; only the command, the environment and the ConfigMap volume are set here. The plugin
+with taskscale's Locust plugin next to it. Their pod specs are the templates of the
+``locust-master`` / ``locust-worker`` Deployments of the optional kustomize component
+``deploy/k8s/components/loadtest``, built with the overlay (never applied: the base has no
+Locust), so image, security context and resources stay in the manifests; only the command, the
+environment and the ConfigMap volume are set here. The plugin
 prints its HDR dumps (workers) and progress (master) as framed records on stdout
 (``loadgen.channel``); taskscale reads them back from the pod logs and hands the merged metrics
 to the same report code as a local run. Every object is deleted afterwards, also on failure or
@@ -223,12 +224,14 @@ class ClusterLoadGenerator(LoadGenerator):
         self,
         namespace: Namespace,
         *,
+        templates: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
         target: str,
         check_images: Callable[[list[dict[str, Any]]], None],
         start_timeout: float,
         poll_interval: float,
     ) -> None:
         self.ns = namespace
+        self._templates = templates  # the (master, worker) pod templates
         self.target = target  # the target's name, for hints
         self._check_images = check_images
         self._start_timeout = start_timeout
@@ -241,20 +244,6 @@ class ClusterLoadGenerator(LoadGenerator):
                 f"the app has no ready pod in namespace {self.ns.name}; no load was sent",
                 hint=f"see `taskscale status --target {self.target}`",
             )
-
-    def _templates(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        found = []
-        for name in ("locust-master", "locust-worker"):
-            obj = self.ns.get("deployments", "apps/v1", name)
-            if obj is None:
-                raise TargetError(
-                    f"deployment/{name} is not in namespace {self.ns.name}: the Locust pod "
-                    "templates come from deploy/k8s/base/locust.yaml",
-                    hint=f"run `taskscale up --target {self.target}` (regenerate deploy/k8s "
-                    "with `taskscale new --force` if locust.yaml is missing)",
-                )
-            found.append(obj["spec"]["template"])
-        return found[0], found[1]
 
     def run(self, job: LocustJob, on_progress: ProgressCallback | None) -> LocustRun:
         start_timeout = self._start_timeout

@@ -111,26 +111,30 @@ class Namespace:
                 f"the previous job {name} was not deleted within {JOB_DELETE_TIMEOUT_S:g}s"
             )
 
-    def pod_log(self, pod: dict[str, Any], tail: int | None = None) -> str:
-        """A pod's log (its first container); KubeApiError when there is none yet."""
-        return self.api.request_text(self._log_path(pod), self._log_query(pod, tail))
+    def pod_log(
+        self, pod: dict[str, Any], tail: int | None = None, container: str | None = None
+    ) -> str:
+        """A pod's log (``container``, default its first); KubeApiError when there is none."""
+        return self.api.request_text(self._log_path(pod), self._log_query(pod, tail, container))
 
-    def pod_log_source(self, pod: dict[str, Any], tail: int, follow: bool) -> LogSource:
-        """A pod's log for a ``LogStream``: its tail, then (``follow``) a streaming request
-        whose response ``close`` ends."""
+    def pod_log_source(
+        self, pod: dict[str, Any], tail: int, follow: bool, container: str | None = None
+    ) -> LogSource:
+        """A pod's log (``container``, default its first) for a ``LogStream``: its tail, then
+        (``follow``) a streaming request whose response ``close`` ends."""
         responses: list[Any] = []
         lock = threading.Lock()
 
         def read(stop: threading.Event) -> Iterator[str]:
             if not follow:
                 try:
-                    text = self.pod_log(pod, tail)
+                    text = self.pod_log(pod, tail, container)
                 except KubeApiError as exc:
                     yield f"(no log: {exc.message})"
                     return
                 yield from text.splitlines()
                 return
-            query = {**self._log_query(pod, tail), "follow": True}
+            query = {**self._log_query(pod, tail, container), "follow": True}
 
             def opened(response: Any) -> None:
                 with lock:
@@ -145,14 +149,18 @@ class Namespace:
                 for response in responses:
                     response.close()
 
-        return LogSource(pod["metadata"]["name"], read, close)
+        label = pod["metadata"]["name"] + (f"/{container}" if container else "")
+        return LogSource(label, read, close)
 
     def _log_path(self, pod: dict[str, Any]) -> str:
         return self.path("pods", name=pod["metadata"]["name"]) + "/log"
 
     @staticmethod
-    def _log_query(pod: dict[str, Any], tail: int | None) -> dict[str, str | int | bool]:
-        query: dict[str, str | int | bool] = {"container": pod["spec"]["containers"][0]["name"]}
+    def _log_query(
+        pod: dict[str, Any], tail: int | None, container: str | None = None
+    ) -> dict[str, str | int | bool]:
+        name = container or pod["spec"]["containers"][0]["name"]
+        query: dict[str, str | int | bool] = {"container": name}
         if tail is not None:
             query["tailLines"] = tail
         return query

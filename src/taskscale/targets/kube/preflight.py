@@ -1,6 +1,7 @@
 """Checks before ``up --target minikube|kubernetes`` applies anything, and the image checks of
 a rollout: each problem is one error naming the fix (minikube not running, no metrics-server,
-an app image the nodes cannot get).
+an app image the nodes cannot get). The images checked are those of the built manifests (set
+from taskscale.toml through kustomize's ``images:``), so the check and the cluster see one value.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from taskscale import proc
 from taskscale.errors import CommandFailed, MissingBinary, TargetError
 from taskscale.targets.kube import rollout
 from taskscale.targets.kube.api import KubeApi
+from taskscale.targets.kube.manifests import ImageRef
 
 METRICS_API = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"
 REGISTRY_TIMEOUT = 20.0
@@ -22,16 +24,24 @@ Runner = Callable[..., proc.Completed]
 
 
 class ClusterChecks:
-    """The checks of one target flavor against one context, for the project's images."""
+    """The checks of one target flavor against one context."""
 
-    def __init__(self, flavor: str, context: str | None, images: list[str], runner: Runner) -> None:
+    def __init__(self, flavor: str, context: str | None, runner: Runner) -> None:
         self.flavor = flavor
         self.context = context
-        self.images = images
         self._run = runner
 
-    def check(self, api: KubeApi) -> None:
-        """One clear error (with the fix) for each thing that would make ``up`` fail later."""
+    def check(self, api: KubeApi, images: list[str]) -> None:
+        """One clear error (with the fix) for each thing that would make ``up`` fail later;
+        ``images`` are the project's own images in the manifests about to be applied."""
+        for image in images:
+            if not ImageRef.parse(image).pinned:
+                raise TargetError(
+                    f"image {image} is not pinned to a version: nodes could run different "
+                    "builds under one name",
+                    hint="tag every build (e.g. with the version in pyproject.toml) and set "
+                    "[images] app in taskscale.toml to NAME:TAG",
+                )
         if self.flavor == "minikube":
             self._check_minikube_running()
         api.request("GET", "/version", timeout=10)
@@ -48,9 +58,9 @@ class ClusterChecks:
                 hint=f"run `{fix}`",
             )
         if self.flavor == "minikube":
-            self._check_images_loaded()
+            self._check_images_loaded(images)
         else:
-            self._check_images_pullable()
+            self._check_images_pullable(images)
 
     def minikube(self, *args: str, timeout: float = 60) -> proc.Completed:
         try:
@@ -73,29 +83,36 @@ class ClusterChecks:
                 hint="run `minikube start --cni=calico` (calico enforces the NetworkPolicies)",
             )
 
-    def _check_images_loaded(self) -> None:
+    def _check_images_loaded(self, images: list[str]) -> None:
         listed = self.minikube("image", "ls").stdout.split()
         present = {normalise_image(image) for image in listed}
-        for image in self.images:
+        for image in images:
             if normalise_image(image) not in present:
                 raise TargetError(
                     f"image {image} is not in the minikube cluster",
-                    hint=f"build it, then run `minikube image load {image}`",
+                    hint=f"build it into minikube's engine: {self.minikube_build(image)}",
                 )
 
-    def _check_images_pullable(self) -> None:
+    def minikube_build(self, image: str) -> str:
+        """The one command that builds ``image`` from the project into Minikube's engine."""
+        return (
+            f"`minikube -p {self.context or 'minikube'} image build -t {image} "
+            "-f deploy/Dockerfile .` in the project's root"
+        )
+
+    def _check_images_pullable(self, images: list[str]) -> None:
         """The app image must name a registry the nodes can pull from, and be in it if we can
         tell (``docker manifest inspect``, when docker is installed; other failures such as no
         credentials or no network are not proof of absence and pass)."""
-        for image in self.images:
+        for image in images:
             name = image.partition("@")[0]
             if "/" not in name:
                 raise TargetError(
                     f"image {image} is a local-only name: cluster nodes would pull "
                     f"{normalise_image(image)}, which is not your build",
                     hint=f"push it to a registry the cluster can pull from (`docker tag {image} "
-                    f"REGISTRY/{name}` then `docker push`), set [images] app and worker in "
-                    "taskscale.toml and the image in deploy/k8s to that reference",
+                    f"REGISTRY/{name}` then `docker push`) and set [images] app in "
+                    "taskscale.toml to that reference",
                 )
             try:
                 result = self._run(
@@ -123,7 +140,7 @@ class ClusterChecks:
 
     def image_hint(self, image: str) -> str:
         if self.flavor == "minikube":
-            return f"run `minikube image load {image}` (imagePullPolicy is IfNotPresent)"
+            return f"build it into minikube's engine: {self.minikube_build(image)}"
         return (
             f"push {image} to a registry the cluster can pull from and set [images] in "
             "taskscale.toml to that reference"

@@ -1,8 +1,10 @@
 """The minikube and kubernetes targets: the project's ``deploy/k8s`` overlay on a cluster.
 
-``up`` builds the overlay (``minikube`` or ``production``), checks the cluster can run it
-(context, API, metrics-server for the HPA, and on Minikube that the app image is loaded),
-server-side applies every object with one field manager, then waits for each rollout. ``down``
+``up`` builds the overlay (``minikube`` or ``production``) through ``manifests.render``, the code
+path ``taskscale manifests`` prints, checks the cluster can run it (context, API, metrics-server
+for the HPA, and that the built app image is pinned and loaded into Minikube or in a registry),
+server-side applies every object with one field manager, then waits for each rollout (the app
+and worker pods migrate first, in their init containers). ``down``
 deletes what ``up`` applied and keeps the PostgreSQL volumes (PersistentVolumeClaims); ``down
 --purge`` deletes the whole namespace, volumes included, and waits until it is gone.
 ``loadtest`` runs Locust as Jobs in the namespace (``kube/loadgen.py``); replication offers only
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from taskscale import proc
 from taskscale.config import Project
 from taskscale.errors import (
+    ConfigError,
     MissingBinary,
     ServiceNotReady,
     TargetError,
@@ -52,6 +55,8 @@ MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED = f"{MANAGED_LABEL}=taskscale"
 # `logs -f` keeps one streaming request per pod open: past this, name the pod.
 MAX_FOLLOWED_PODS = 20
+# The workloads that run the project's own image (built from deploy/Dockerfile).
+BUILT_WORKLOADS = ("app", "worker")
 
 _KIND_OF_COMPONENT: dict[str, ServiceKind] = {
     "app": "app",
@@ -91,13 +96,8 @@ class KubernetesTarget(Target):
         self.namespace = settings.namespace
         default_context = "minikube" if flavor == "minikube" else None
         self.context = context or settings.context or default_context
-        self.overlay = "minikube" if flavor == "minikube" else "production"
-        self.checks = ClusterChecks(
-            flavor,
-            self.context,
-            sorted({project.config.images.app, project.config.images.worker}),
-            runner,
-        )
+        self.overlay = manifests.OVERLAYS[flavor]
+        self.checks = ClusterChecks(flavor, self.context, runner)
         self._poll = poll_interval
         self._ns: Namespace | None = None
 
@@ -125,18 +125,27 @@ class KubernetesTarget(Target):
             maximum="the autoscaler's maximum",
         )
         on_step(f"building deploy/k8s/overlays/{self.overlay}")
-        objects = manifests.prepare(
-            manifests.build_overlay(self.project, self.overlay),
-            namespace=self.namespace,
-            min_replicas=replicas,
-            max_replicas=settings.hpa_max_replicas,
-            cpu_target_percent=settings.cpu_target_percent,
-        )
+        rendered = self.manifests(replicas, include_secrets=True)
+        objects = rendered.objects
         on_step(f"checking the cluster (context {self.context or 'current'})")
-        self.checks.check(self.api)
+        self.checks.check(self.api, manifests.workload_images(objects, BUILT_WORKLOADS))
         self.apply(objects, on_step)
         self.wait_rollouts(objects, timeout=settings.rollout_timeout, on_step=on_step)
-        return self.status()
+        status = self.status()
+        status.notes[:0] = rendered.notes
+        return status
+
+    def manifests(
+        self, replicas: int, *, include_secrets: bool, components: tuple[str, ...] = ()
+    ) -> manifests.Rendered:
+        """What ``up --replicas N`` applies (``taskscale manifests`` prints the same)."""
+        return manifests.render(
+            self.project,
+            self.overlay,
+            min_replicas=replicas,
+            include_secrets=include_secrets,
+            components=components,
+        )
 
     def apply(self, objects: list[dict[str, Any]], on_step: StepCallback = no_steps) -> None:
         """Server-side apply of every object, in order; a previous Job is replaced."""
@@ -172,13 +181,21 @@ class KubernetesTarget(Target):
             self.check_images(pods)
             on_step("waiting for " + ", ".join(s.describe() for s in pending))
             if time.monotonic() >= deadline:
-                detail = "\n".join(rollout.waiting_reasons(pods)) or None
+                reasons = rollout.waiting_reasons(pods)
+                hint = (
+                    "see `taskscale status` and `taskscale logs COMPONENT` with the same "
+                    "--target; raise [kubernetes] rollout_timeout for slow clusters"
+                )
+                if any("/migrate: " in line for line in reasons):
+                    hint = (
+                        "the migrations did not finish: read them with `taskscale logs migrate "
+                        f"--target {self.name}`"
+                    )
                 raise ServiceNotReady(
                     f"rollout did not finish within {timeout:g}s: "
                     + ", ".join(s.describe() for s in pending),
-                    hint="see `taskscale status` and `taskscale logs COMPONENT` with the same "
-                    "--target; raise [kubernetes] rollout_timeout for slow clusters",
-                    detail=detail,
+                    hint=hint,
+                    detail="\n".join(reasons) or None,
                 )
             time.sleep(max(0.0, min(self._poll, deadline - time.monotonic())))
 
@@ -297,7 +314,7 @@ class KubernetesTarget(Target):
                 f"{service or 'the stack'} has {len(pods)}",
                 hint="name a component or one pod",
             )
-        sources = [self.ns.pod_log_source(pod, tail, follow) for pod in pods]
+        sources = [self.ns.pod_log_source(pod, tail, follow, container) for pod, container in pods]
         return LogStream(sources, follow=follow, prefix=len(pods) > 1)
 
     def _not_running(self) -> TargetError:
@@ -307,22 +324,43 @@ class KubernetesTarget(Target):
             hint=f"start it with `taskscale up --target {self.name}` first",
         )
 
-    def _pods_of(self, service: str | None) -> list[dict[str, Any]]:
+    def _pods_of(self, service: str | None) -> list[tuple[dict[str, Any], str | None]]:
+        """(pod, container) pairs to read: every pod's main container, a workload's pods, the
+        init containers called ``service`` (``migrate``), or one pod by name."""
         if service is None:
-            return sorted(self.ns.items("pods"), key=lambda p: str(p["metadata"]["name"]))
+            pods = sorted(self.ns.items("pods"), key=lambda p: str(p["metadata"]["name"]))
+            return [(pod, None) for pod in pods]
         workloads = {o["metadata"]["name"]: o for o in self.ns.workloads()}
         if service in workloads:
-            labels = workloads[service]["spec"]["selector"].get("matchLabels", {})
-            if workloads[service]["kind"] == "Job":
-                labels = {"job-name": service}
-            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-            return self.ns.items("pods", labelSelector=selector)
+            return [(pod, None) for pod in self._workload_pods(workloads[service])]
+        # An init container (every app and worker pod migrates first): its log in each pod.
+        with_init = [
+            o for o in workloads.values() if service in _init_containers(o["spec"]["template"])
+        ]
+        if with_init:
+            return [(pod, service) for o in with_init for pod in self._workload_pods(o)]
         pods = self.ns.items("pods")
-        by_name = [p for p in pods if p["metadata"]["name"] == service]
+        by_name: list[tuple[dict[str, Any], str | None]] = [
+            (p, None) for p in pods if p["metadata"]["name"] == service
+        ]
         if by_name:
             return by_name
-        known = ", ".join(sorted(workloads)) or "none (is the stack up?)"
+        inits = {c for o in workloads.values() for c in _init_containers(o["spec"]["template"])}
+        known = ", ".join(sorted({*workloads, *inits})) or "none (is the stack up?)"
         raise UsageError(f"unknown component {service!r} on {self.name}: choose one of {known}")
+
+    def _workload_pods(self, workload: dict[str, Any]) -> list[dict[str, Any]]:
+        """A workload's pods, by its selector. A Job the API server has not given one (the
+        emulator; Jobs always get one on a real cluster) selects by its pod template's labels."""
+        selector = (workload["spec"].get("selector") or {}).get("matchLabels")
+        labels = selector or workload["spec"]["template"]["metadata"].get("labels") or {}
+        query = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = [  # filtered here too: a server that ignored the selector must not mix workloads
+            p
+            for p in self.ns.items("pods", labelSelector=query)
+            if labels.items() <= (p["metadata"].get("labels") or {}).items()
+        ]
+        return sorted(pods, key=lambda p: str(p["metadata"]["name"]))
 
     # ------------------------------------------------------------------ down
 
@@ -382,17 +420,41 @@ class KubernetesTarget(Target):
 
         return ClusterLoadGenerator(
             self.ns,
+            templates=self._locust_templates,
             target=self.name,
             check_images=self.check_images,
             start_timeout=self.project.config.kubernetes.rollout_timeout,
             poll_interval=self._poll,
         )
 
+    def _locust_templates(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Locust master and worker pod templates of the optional loadtest component, as
+        the overlay builds with it (image, security context, resources); nothing is applied."""
+        replicas = self.project.config.stack.replicas
+        rendered = self.manifests(
+            replicas, include_secrets=False, components=(manifests.LOADTEST_COMPONENT,)
+        )
+        by_name = {o["metadata"]["name"]: o for o in rendered.objects if o["kind"] == "Deployment"}
+        found = []
+        for name in ("locust-master", "locust-worker"):
+            if name not in by_name:
+                raise ConfigError(
+                    f"deploy/k8s/components/{manifests.LOADTEST_COMPONENT} has no deployment/"
+                    f"{name}: the Locust pod templates come from there",
+                    hint="bring it back with `taskscale update`",
+                )
+            found.append(by_name[name]["spec"]["template"])
+        return found[0], found[1]
+
     def replication(self) -> Replication:
         """Status only: promotion is manual on this target (docs/kubernetes.md)."""
         from taskscale.targets.kube.replication import PodReplication
 
         return PodReplication(lambda: self.ns, self.name)
+
+
+def _init_containers(template: dict[str, Any]) -> list[str]:
+    return [str(c["name"]) for c in template.get("spec", {}).get("initContainers") or []]
 
 
 def _first_port(obj: dict[str, Any]) -> int | None:

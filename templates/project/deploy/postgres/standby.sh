@@ -1,5 +1,5 @@
 #!/bin/bash
-# Entry point of a `postgres-standby` container (docker-compose.yml, profile "replication").
+# Entry point of a `postgres-standby` container (compose.yaml at the project root, profile "replication").
 # On first start it clones the primary with pg_basebackup (-R writes standby.signal and
 # primary_conninfo) into a physical replication slot named after the container, then runs
 # PostgreSQL as a hot standby. The data directory lives in the container, so a recreated standby
@@ -30,7 +30,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   unset PGPASSWORD
 fi
 chmod 0700 "$PGDATA"
-# Settings a standby must not have lower than its primary (see docker-compose.yml).
+# Settings a standby must not have lower than its primary (see compose.yaml).
 exec postgres -D "$PGDATA" -c hot_standby=on -c hot_standby_feedback=on \
   -c max_wal_senders=20 -c max_replication_slots=20 \
   -c cluster_name="$host" -c max_connections="${POSTGRES_MAX_CONNECTIONS:-200}" "$@"

@@ -2,7 +2,7 @@
 # The subset of the official postgres image's entrypoint that the generated stack relies on.
 set -euo pipefail
 if [ "${1:-}" = postgres ] && [ "$(id -u)" = 0 ]; then
-  mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" && chmod 0700 "$PGDATA"
+  mkdir -p "$PGDATA" && chown postgres:postgres "$(dirname "$PGDATA")" "$PGDATA" && chmod 0700 "$PGDATA"
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
