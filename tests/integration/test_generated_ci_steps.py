@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from taskscale.config import Auth
+from taskscale.choices import Auth
 from tests import workflow
 from tests.unit.test_generated_ci import PROVIDED, _tools, classify, render
 

@@ -5,6 +5,8 @@ under ``TYPE_CHECKING`` (read with ``ast``, nothing is imported)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -224,3 +226,15 @@ def test_layers_catch_an_upward_import() -> None:
     assert (layer_of("taskscale.targets.local.fleet") or 0) > (layer_of("taskscale.cli") or 0)
     assert layer_of("taskscale.targets.logstream") == 2
     assert layer_of("taskscale.nonexistent") is None
+
+
+def test_the_cli_parses_options_without_the_settings_or_the_targets() -> None:
+    """Every command pays the CLI's start (<= 0.3 s, BENCHMARKS.md): the command modules import
+    pydantic's settings, the stack service and the targets when a command runs, not before."""
+    code = (
+        "import sys; import taskscale.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' "
+        "or m in ('taskscale.config', 'taskscale.stack') or m.startswith('taskscale.targets')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskscale.config import Auth, Broker
+from taskscale.choices import Auth, Broker
 from taskscale.errors import MissingBinary
 from taskscale.scaffold import NewProjectSpec, create_project
 from taskscale.targets.compose.engine import compose_command

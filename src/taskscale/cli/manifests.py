@@ -10,7 +10,6 @@ import typer
 
 from taskscale import console
 from taskscale.cli.common import ProjectDir
-from taskscale.stack import manifests
 
 
 def command(
@@ -54,6 +53,8 @@ def command(
     project: ProjectDir = None,
 ) -> None:
     """Print (or write) exactly the objects `taskscale up --target ...` applies."""
+    from taskscale.stack import manifests  # settings and targets: when the command runs
+
     result = manifests(project, target, replicas=replicas, include_secrets=include_secrets, out=out)
     rendered = result.rendered
     for note in rendered.notes:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import get_args
 
 from taskscale import __version__, console, proc
-from taskscale.config import Auth
+from taskscale.choices import Auth
 from taskscale.errors import TaskscaleError
 from taskscale.scaffold.releases import template_context
 from taskscale.scaffold.render import render_tree, template_root
