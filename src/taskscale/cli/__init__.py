@@ -18,7 +18,18 @@ from types import FrameType
 import typer
 
 from taskscale import __version__, console
-from taskscale.cli import down, loadtest, logs, new, replicate, report, status, up, update
+from taskscale.cli import (
+    down,
+    drill,
+    loadtest,
+    logs,
+    new,
+    replicate,
+    report,
+    status,
+    up,
+    update,
+)
 from taskscale.cli.common import state
 from taskscale.errors import TaskscaleError
 
@@ -42,6 +53,7 @@ app = typer.Typer(
 app.command("new")(new.command)
 # Commands of later issues register here, one line each.
 app.command("loadtest")(loadtest.command)
+app.command("drill")(drill.command)
 app.command("report")(report.command)
 app.command("up")(up.command)
 app.command("status")(status.command)
