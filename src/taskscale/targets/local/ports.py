@@ -46,18 +46,22 @@ def move_to_free_ports(config_path: Path, max_replicas: int = 16) -> dict[str, i
 
     For tests and benchmarks that run stacks next to each other. The layout matches what the
     config validator requires: the replicas' 2 x max_replicas ports (blue/green), then
-    PostgreSQL, Redis and the standbys' range.
+    PostgreSQL, Redis, the standbys' range and the Kafka broker. A file from before the
+    ``kafka`` port existed gets the line.
     """
     replicas = 2 * max_replicas
-    base = free_block(replicas + 11)
+    base = free_block(replicas + 12)
     ports = {
         "api": base,
         "app_base": base + 1,
         "postgres": base + 1 + replicas,
         "redis": base + 2 + replicas,
         "postgres_standby_base": base + 3 + replicas,
+        "kafka": base + 11 + replicas,
     }
     text = config_path.read_text(encoding="utf-8")
+    if not re.search(r"(?m)^kafka = \d+", text):
+        text = re.sub(r"(?m)^\[ports\]$", "[ports]\nkafka = 0", text, count=1)
     for key, value in ports.items():
         text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
         if count != 1:
