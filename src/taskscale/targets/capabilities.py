@@ -148,6 +148,11 @@ class FaultInjector(abc.ABC):
     def read_tasks(self, ids: list[int]) -> dict[int, TaskRow]:
         """The tasks ``ids`` as the current primary has them (missing ids are absent)."""
 
+    def restarts(self) -> dict[str, int]:
+        """Restarts the target's own restart policy has made so far, per service (empty: the
+        target keeps no count); the drill reports the difference its faults caused."""
+        return {}
+
 
 class TelemetrySource(abc.ABC):
     """Reads what the servers are doing, once per call (bounded in time, never raising because

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from taskscale.config import Project
 
 # Services taskscale runs for itself (the restart policy's process), not under test.
-NOT_FAULTABLE = frozenset({"supervisor"})
+NOT_FAULTABLE = frozenset({"supervisor"})  # service kinds
 HEAL_POLL = 0.1
 READ_TIMEOUT_S = 10.0
 
@@ -69,14 +69,9 @@ class LocalFaults(FaultInjector):
 
     def _newest(self, state: StackState) -> dict[str, ServiceRecord]:
         """One record per service name (during a rollout, the newest of app-N's two)."""
-        found: dict[str, ServiceRecord] = {}
-        for record in state.services.values():
-            if record.name in NOT_FAULTABLE:
-                continue
-            known = found.get(record.name)
-            if known is None or record.started_at > known.started_at:
-                found[record.name] = record
-        return found
+        names = {r.name for r in state.services.values() if r.kind not in NOT_FAULTABLE}
+        found = {name: self.supervisor.record_of(name, state) for name in names}
+        return {name: record for name, record in found.items() if record is not None}
 
     def _roles(self) -> dict[str, Role]:
         if not Topology.exists(self.project.state_dir):
@@ -96,6 +91,10 @@ class LocalFaults(FaultInjector):
             for name, record in sorted(records.items())
             if self.supervisor.alive(record)
         ]
+
+    def restarts(self) -> dict[str, int]:
+        """The supervisor's count per service (``status``'s restarts column)."""
+        return {name: r.restarts for name, r in self._newest(self.supervisor.load()).items()}
 
     def _record(self, name: str) -> ServiceRecord:
         record = self._newest(self.supervisor.load()).get(name)
@@ -155,7 +154,7 @@ class LocalFaults(FaultInjector):
         wanted = sorted(set(names))
         state = self.supervisor.load()
         supervised = any(
-            r.name in NOT_FAULTABLE and self.supervisor.alive(r) for r in state.services.values()
+            r.kind in NOT_FAULTABLE and self.supervisor.alive(r) for r in state.services.values()
         )
         if supervised:
             on_step(f"waiting for the supervisor to restart {', '.join(wanted)}")
