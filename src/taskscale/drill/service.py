@@ -51,7 +51,7 @@ from taskscale.loadtest.service import (
 from taskscale.loadtest.spec import LoadTestSpec, seconds_of
 from taskscale.loadtest.telemetry import sampling
 from taskscale.report import write_all
-from taskscale.report.model import DrillInfo, Report
+from taskscale.report.model import DrillInfo, FaultResult, Report
 from taskscale.targets.capabilities import FaultInjector, Promotion, Unsupported, require
 from taskscale.targets.model import StepCallback, no_steps
 
@@ -197,6 +197,7 @@ def run_drill(
             on_progress(p)
 
     heal_timeout = project.config.stack.ready_timeout * 2 if project is not None else 60.0
+    restarts_before = drill.injector.restarts()
     runner.start()
     finished = False
     try:
@@ -217,6 +218,7 @@ def run_drill(
         run.metrics.writes, drill.injector.read_tasks, source=f"the {target.name} stack's primary"
     )
     faults = measure.measure(observed, run.metrics, origin=origin, sustain_s=spec.sustain_s)
+    _count_restarts(faults, restarts_before, drill.injector.restarts())
     report = report_of(ctx, run, ctx.replicas, sampler, faults=faults, rpo=verified)
     report.drill = DrillInfo(
         name=spec.name,
@@ -229,6 +231,16 @@ def run_drill(
     )
     _note_drill(report)
     return LoadTestOutcome(report=report, run_dir=run_dir, files=write_all(report, run_dir))
+
+
+def _count_restarts(
+    faults: list[FaultResult], before: dict[str, int], after: dict[str, int]
+) -> None:
+    """Each faulted service's restarts by the target's restart policy during the drill (a
+    service failed over, then fenced and rejoined, keeps the count its record had)."""
+    for fault in faults:
+        if fault.service in before and fault.service in after:
+            fault.restarts = max(after[fault.service] - before[fault.service], 0)
 
 
 def _heal(

@@ -198,6 +198,11 @@ class FaultResult(_Model):
     p99_before_ms: float | None = None
     p99_window_ms: float | None = None
     failover: FailoverResult | None = None
+    restarts: int | None = Field(
+        default=None,
+        description="restarts the target's restart policy made of the service during the "
+        "drill (local: the supervisor's count in `status`); None: the target keeps no count",
+    )
     note: str | None = None
 
 

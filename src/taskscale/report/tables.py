@@ -185,6 +185,7 @@ FAULT_COLUMNS = [
     "slow requests",
     "p99 before / during ms",
     "service back s",
+    "restarts",
     "failover",
 ]
 
@@ -208,6 +209,7 @@ def fault_table(report: Report) -> TableData | None:
                 _counts(fault.slow_requests),
                 f"{ms(fault.p99_before_ms)} / {ms(fault.p99_window_ms)}",
                 seconds(fault.service_back_at_s),
+                "-" if fault.restarts is None else str(fault.restarts),
                 _failover(fault),
             ]
         )
