@@ -178,4 +178,6 @@ def test_primary_failover_loses_no_acknowledged_write(
     assert status.exit_code == 0, status.stderr
     nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
     assert nodes["postgres-2"]["role"] == "primary"
-    assert nodes["postgres"]["role"] == "standby"
+    # The old primary was restarted by the supervisor, fenced, rewound: it streams again.
+    assert (nodes["postgres"]["role"], nodes["postgres"]["state"]) == ("standby", "streaming")
+    assert nodes["postgres"]["timeline"] == nodes["postgres-2"]["timeline"]
