@@ -179,3 +179,18 @@ def test_a_plain_load_report_has_no_drill_sections() -> None:
     report = build_report(metrics(), [parse_slo("p95<200ms")], environment())
     assert fault_table(report) is None and rpo_line(report) is None
     assert "RPO" not in markdown.render(report)
+
+
+def test_restart_counts_survive_a_record_replaced_by_a_failover() -> None:
+    from taskscale.drill.service import _count_restarts
+
+    faults = [
+        _fault("kill:app-2@2s", "app-2", 0.4),
+        _fault("kill:postgres@3s", "postgres", 4.2),
+        _fault("stop:redis@4s+1s", "redis", 0.0),
+        _fault("kill:app@2s", "app", 1.0),  # a target that keeps no count
+    ]
+    before = {"app-2": 3, "postgres": 0, "redis": 1}
+    after = {"app-2": 4, "postgres": 0, "redis": 1}  # postgres rejoined as a new record
+    _count_restarts(faults, before, after, {"postgres": 1, "app-2": 4})
+    assert [f.restarts for f in faults] == [1, 1, 0, None]

@@ -47,6 +47,9 @@ class _Fault:
     down_at: float | None = None
     back_at: float | None = None
     failover: FailoverResult | None = None
+    # The restart policy's count for the service when the probe saw it back (a failover may
+    # replace the record, and its count, before the drill ends).
+    restarts_seen: int | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     def observed(self) -> Observed | None:
@@ -124,6 +127,16 @@ class FaultRunner:
         return [
             f.planned.target.name for f in self.faults if f.injected and f.planned.kind == "kill"
         ]
+
+    @property
+    def restarts_seen(self) -> dict[str, int]:
+        """Per service, the highest restart count the probes saw when it came back."""
+        seen: dict[str, int] = {}
+        for fault in self.faults:
+            if fault.restarts_seen is not None:
+                name = fault.planned.target.name
+                seen[name] = max(seen.get(name, 0), fault.restarts_seen)
+        return seen
 
     @property
     def failovers(self) -> list[FailoverResult]:
@@ -209,6 +222,8 @@ class FaultRunner:
                     self._primary_down(fault)
             elif up and fault.down_at is not None and fault.back_at is None:
                 fault.back_at = now
+                with contextlib.suppress(TaskscaleError):
+                    fault.restarts_seen = self.injector.restarts().get(name)
             if fault.back_at is not None or (fault.down_at is None and now - began > 5.0):
                 break  # back, or never seen down (a stop: the process still listens)
             if self._cancel.wait(FAST_PROBE_S if now - began < FAST_PROBE_FOR_S else PROBE_S):

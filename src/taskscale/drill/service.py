@@ -218,7 +218,7 @@ def run_drill(
         run.metrics.writes, drill.injector.read_tasks, source=f"the {target.name} stack's primary"
     )
     faults = measure.measure(observed, run.metrics, origin=origin, sustain_s=spec.sustain_s)
-    _count_restarts(faults, restarts_before, drill.injector.restarts())
+    _count_restarts(faults, restarts_before, drill.injector.restarts(), runner.restarts_seen)
     report = report_of(ctx, run, ctx.replicas, sampler, faults=faults, rpo=verified)
     report.drill = DrillInfo(
         name=spec.name,
@@ -234,13 +234,20 @@ def run_drill(
 
 
 def _count_restarts(
-    faults: list[FaultResult], before: dict[str, int], after: dict[str, int]
+    faults: list[FaultResult],
+    before: dict[str, int],
+    after: dict[str, int],
+    seen: dict[str, int],
 ) -> None:
-    """Each faulted service's restarts by the target's restart policy during the drill (a
-    service failed over, then fenced and rejoined, keeps the count its record had)."""
+    """Each faulted service's restarts by the target's restart policy during the drill: the
+    count after it, or the one seen when the service came back if that is higher (a failed
+    over primary is fenced and rejoins as a new record, which starts counting from zero)."""
     for fault in faults:
-        if fault.service in before and fault.service in after:
-            fault.restarts = max(after[fault.service] - before[fault.service], 0)
+        if fault.service not in before:
+            continue
+        latest = max(after.get(fault.service, 0), seen.get(fault.service, 0))
+        if fault.service in after or fault.service in seen:
+            fault.restarts = max(latest - before[fault.service], 0)
 
 
 def _heal(
