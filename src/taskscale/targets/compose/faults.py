@@ -16,15 +16,28 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskscale import proc
 from taskscale.errors import TargetError
 from taskscale.targets.capabilities import FaultInjector, FaultTarget, Injected, Role, TaskRow
-from taskscale.targets.model import StepCallback, no_steps
+from taskscale.targets.model import ServiceKind, StepCallback, no_steps
 
 if TYPE_CHECKING:
-    from taskscale.targets.compose.target import ComposeTarget
+    from taskscale.targets.compose.pg import Primary
+
+
+class ComposeStack(Protocol):
+    """What the faults need of the compose target (no import of it: it imports this)."""
+
+    @property
+    def client(self) -> Any: ...
+
+    def containers(self, service: str | None = None) -> list[Any]: ...
+
+    def primary(self) -> Primary: ...
+
 
 SCALED = frozenset({"app", "postgres-standby"})
 NUMBER_LABEL = "com.docker.compose.container-number"
@@ -50,12 +63,16 @@ def _call(what: str, action: Any) -> Any:
 
 
 class ComposeFaults(FaultInjector):
-    def __init__(self, target: ComposeTarget) -> None:
-        from taskscale.targets.compose.target import _KINDS, SERVICE_LABEL
-
-        self.target = target
-        self._kinds = _KINDS
-        self._service_label = SERVICE_LABEL
+    def __init__(
+        self,
+        stack: ComposeStack,
+        kinds: Mapping[str, ServiceKind],
+        service_label: str,
+    ) -> None:
+        """``kinds``: the compose service -> its kind; ``service_label``: the label naming it."""
+        self.target = stack
+        self._kinds = kinds
+        self._service_label = service_label
 
     # ------------------------------------------------------------------ what runs
 

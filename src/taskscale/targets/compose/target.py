@@ -311,7 +311,7 @@ class ComposeTarget(Target):
     def faults(self) -> ComposeFaults:
         from taskscale.targets.compose.faults import ComposeFaults
 
-        return ComposeFaults(self)
+        return ComposeFaults(self, _KINDS, SERVICE_LABEL)
 
     # ------------------------------------------------------------------ replication
 
