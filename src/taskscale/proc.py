@@ -303,6 +303,12 @@ def terminate(pid: int, *, timeout: float, sig: int = signal.SIGTERM) -> bool:
     return True
 
 
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid``'s process group when it leads one (a service and its children:
+    PostgreSQL's backends, nginx's workers), else to ``pid``; a gone process is no error."""
+    _signal(pid, sig)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         if os.getpgid(pid) == pid:

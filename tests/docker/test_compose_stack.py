@@ -14,7 +14,7 @@ from taskscale.config import load_project
 from taskscale.targets.compose.engine import compose_command
 from taskscale.targets.compose.target import ComposeTarget
 from tests.client_loop import api_client, api_headers, looping_clients
-from tests.conftest import CliRunner
+from tests.conftest import CliRunner, one_error_line
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -24,6 +24,10 @@ def _status(run_cli: CliRunner, project: Path) -> dict[str, Any]:
     assert result.exit_code == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
+
+
+def label_of(project: Path) -> str:
+    return f"com.docker.compose.project={project.name}"
 
 
 def _instances(api: str, count: int) -> Counter[str]:
@@ -84,9 +88,11 @@ def test_compose_up_scale_replicate_loadtest_down(
     assert len([n for n in json.loads(result.stdout)["nodes"] if n["role"] == "standby"]) == 1
     assert len(_instances(api, 10)) == 2  # the re-pointed replicas serve
 
+    # 20 s: ten users logging in (bcrypt) and the seed tasks take seconds of a busy machine
+    # before the first measured request.
     out = compose_project / "run"
     result = run_cli(
-        "loadtest", "--duration", "10s", "--users", "10", "--spawn-rate", "10",
+        "loadtest", "--duration", "20s", "--users", "10", "--spawn-rate", "10",
         "--processes", "1", "--out", str(out), "--project", project,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
@@ -94,9 +100,31 @@ def test_compose_up_scale_replicate_loadtest_down(
     assert report["environment"]["target"] == "compose"
     assert report["total"]["requests"] > 0
 
+    # A drill: a crashed replica comes back by Docker's restart policy (counted), a paused
+    # Redis is unpaused; compose cannot promote, so killing the primary needs --failover none.
+    refused = run_cli(
+        "drill", "--fault", "kill:primary@3s", "--failover", "auto", "--duration", "8s",
+        "-p", project,
+    )  # fmt: skip
+    assert refused.exit_code == 6 and "failover" in one_error_line(refused.stderr)
+    drilled = compose_project / "drill"
+    result = run_cli(
+        "drill", "--fault", "kill:app-1@8s", "--fault", "stop:redis@10s+2s", "--duration", "20s",
+        "--users", "6", "--processes", "1", "--json", "--out", str(drilled), "--project", project,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    drill = json.loads(result.stdout)
+    faults = {f["service"]: f for f in drill["faults"]}
+    assert faults["app-1"]["kind"] == "kill" and "SIGKILL" in faults["app-1"]["detail"]
+    assert faults["app-1"]["restarts"] == 1
+    assert faults["redis"]["resumed_at_s"] is not None and faults["redis"]["restarts"] == 0
+    assert drill["rpo"]["acknowledged_writes"] > 0 and drill["rpo"]["lost"] == 0
+    paused = docker_engine.containers.list(filters={"label": label_of(compose_project)})
+    assert all(c.status == "running" for c in paused), [(c.name, c.status) for c in paused]
+
     result = run_cli("down", "--purge", "--project", project)
     assert result.exit_code == 0, result.stderr
-    label = f"com.docker.compose.project={compose_project.name}"
+    label = label_of(compose_project)
     assert docker_engine.containers.list(all=True, filters={"label": label}) == []
     assert docker_engine.networks.list(filters={"label": label}) == []
     assert docker_engine.volumes.list(filters={"label": label}) == []
@@ -117,7 +145,7 @@ def test_compose_up_failure_names_the_service_and_cleans_up(
     assert (
         "migrate" in result.stderr and "Traceback (most recent" not in result.stderr.splitlines()[0]
     )
-    label = f"com.docker.compose.project={compose_project.name}"
+    label = label_of(compose_project)
     assert docker_engine.containers.list(filters={"label": label}) == []
 
 

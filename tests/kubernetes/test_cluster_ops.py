@@ -21,6 +21,7 @@ from taskscale.loadgen.channel import encode_record
 from taskscale.loadgen.metrics import Recorder
 from taskscale.loadtest.service import run_loadtest
 from taskscale.loadtest.spec import LoadTestSpec
+from taskscale.targets.capabilities import Unsupported
 from taskscale.targets.kube import loadgen
 from tests.cli.test_signals import EXPECTED, interrupt, start_cli
 from tests.conftest import CliRunner
@@ -506,3 +507,53 @@ def test_loadtest_signalled_in_a_real_process_cleans_up(
         code, stderr = interrupt(process, sig)
     assert (code, stderr) == (EXPECTED[sig][0], [EXPECTED[sig][1]])
     assert _leftovers(emulator) == [], "the run's Jobs, Service and ConfigMap are deleted"
+
+
+def test_faults_delete_pods_refuse_hangs_and_read_tasks_through_exec(
+    run_cli: CliRunner, stack_up: Project, emulator: RunningEmulator
+) -> None:
+    _postgres_pods(emulator)
+    for name in ("app-a", "app-b"):
+        add_pod(emulator, name, {"app.kubernetes.io/name": "app"}, phase="Running")
+    faults = target(stack_up).faults()
+    found = {t.name: t for t in faults.targets()}
+    assert {"app", "app-1", "app-2", "postgres-primary", "postgres-standby"} <= set(found)
+    assert not any(name.startswith(("locust", "migrate")) for name in found)
+    assert (found["app-2"].kind, found["app-2"].role) == ("app", None)
+    assert found["postgres-primary"].role == "primary"
+    assert found["postgres-standby"].role == "standby"
+    assert faults.refusal("kill", found["app-2"]) is None
+    assert "not supported on Kubernetes" in (faults.refusal("stop", found["app-1"]) or "")
+    assert faults.serving("app-2")  # the controller marked every workload ready
+
+    injected = faults.kill(found["app-2"])
+    assert (injected.kind, injected.handle) == ("kill", "app-b")
+    assert "app-b deleted (grace period 0)" in injected.detail
+    assert sorted(p["metadata"]["name"] for p in emulator.objects("pods")) == [
+        "app-a",
+        "postgres-primary-0",
+        "postgres-standby-0",
+        "postgres-standby-1",
+    ]
+    deletes = [r for r in emulator.requests() if r.method.name == "DELETE"]
+    assert deletes and "gracePeriodSeconds=0" in str(deletes[-1].url)
+    assert faults.restarts() == {}  # a replacement pod starts from zero: no count to report
+
+    rows = [{"id": 7, "title": "t", "description": None, "status": "pending"}]
+    emulator.emulator.exec_results["postgres-primary-0"] = (json.dumps(rows) + "\n", "", 0)
+    assert faults.read_tasks([7, 8]) == {7: ("t", None, "pending")}
+    pod, container, argv = emulator.emulator.execs[-1]
+    assert (pod, container) == ("postgres-primary-0", "main")
+    assert "ANY('{7,8}'::bigint[])" in argv[-1]
+    emulator.emulator.exec_results["postgres-primary-0"] = ("", "relation missing\n", 1)
+    with pytest.raises(TargetError, match="relation missing"):
+        faults.read_tasks([7])
+
+    # The drill refuses a hang before any load, with one line (the target's limit: not exit 2).
+    result = run_cli(
+        "drill", "--fault", "stop:app@2s+2s", "--duration", "10s", "--target", "kubernetes",
+        "--context", "kmock", "-p", str(stack_up.root),
+    )  # fmt: skip
+    assert result.exit_code == Unsupported("x").exit_code, result.stderr
+    assert "not supported on Kubernetes" in _one_error_line(result.stderr)
+    assert _leftovers(emulator) == []  # no load generator was started

@@ -20,7 +20,7 @@ SOURCE = Path(taskscale.__file__).resolve().parent
 # A name is a module or a package (covering its submodules); the most specific entry wins.
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "__main__"),
-    ("stack", "scaffold", "loadtest"),
+    ("stack", "scaffold", "loadtest", "drill"),
     ("targets",),
     ("loadgen", "replication"),
     ("report", "config", "resources", "binaries"),

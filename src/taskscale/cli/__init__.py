@@ -20,6 +20,7 @@ import typer
 from taskscale import __version__, console
 from taskscale.cli import (
     down,
+    drill,
     loadtest,
     logs,
     manifests,
@@ -53,6 +54,7 @@ app = typer.Typer(
 app.command("new")(new.command)
 # Commands of later issues register here, one line each.
 app.command("loadtest")(loadtest.command)
+app.command("drill")(drill.command)
 app.command("report")(report.command)
 app.command("up")(up.command)
 app.command("status")(status.command)

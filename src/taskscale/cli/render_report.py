@@ -12,12 +12,15 @@ if TYPE_CHECKING:
 
 
 def render_report(report: Report, run_dir: Path, *, json_output: bool) -> None:
-    from taskscale.report.tables import all_tables, headline
+    from taskscale.report.tables import all_tables, drill_line, headline, rpo_line
 
     if json_output:
         console.print_json(report.to_json_dict())
         return
     console.info(headline(report))
+    for line in (drill_line(report), rpo_line(report)):
+        if line:
+            console.info(line)
     for data in all_tables(report):
         console.table(data.title, data.columns, data.rows)
     # A saturated generator makes the numbers a lower bound: that is a warning. Everything else

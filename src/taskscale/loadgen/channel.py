@@ -25,6 +25,16 @@ STDOUT_ENV = "TASKSCALE_LOADTEST_STDOUT"  # "1": print records to stdout (in-clu
 # "1": count setup requests in the totals, the timeline and the SLO gates (--include-setup).
 INCLUDE_SETUP_ENV = "TASKSCALE_LOADTEST_INCLUDE_SETUP"
 
+# Drills (``taskscale drill``): events in buckets of this many milliseconds, a request slower
+# than SLOW_MS counts as a failure there, and the drill's writer users (``drill_writer.py``).
+DRILL_BUCKET_ENV = "TASKSCALE_DRILL_BUCKET_MS"
+DRILL_SLOW_ENV = "TASKSCALE_DRILL_SLOW_MS"
+DRILL_WRITERS_ENV = "TASKSCALE_DRILL_WRITERS"  # how many writer users
+DRILL_WRITER_RATE_ENV = "TASKSCALE_DRILL_WRITER_RATE"  # write cycles per second, per writer
+DRILL_TIMEOUT_ENV = "TASKSCALE_DRILL_TIMEOUT"  # the writers' request timeout, seconds
+# The drill's writers name their requests like the scenario's, with this suffix.
+DRILL_SUFFIX = " (drill)"
+
 # A request whose Locust name ends with this is setup (registration, login, test data): it is
 # reported under its own name but left out of the totals, the timeline and the SLO gates.
 SETUP_SUFFIX = "(setup)"

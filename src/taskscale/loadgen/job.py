@@ -37,6 +37,8 @@ class Progress:
     failures: int
     label: str = ""
     started: bool = True
+    # When Locust's test started (epoch seconds; None until it has).
+    started_at: float | None = None
 
     def line(self) -> str:
         prefix = f"{self.label} " if self.label else ""
@@ -67,6 +69,8 @@ class LocustJob:
     stop_timeout_s: float = 10.0
     env: Mapping[str, str] | None = None
     label: str = ""
+    # More Locust files from taskscale.loadgen loaded after the plugin (a drill's writers).
+    extra_scripts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ class ProgressReader:
             failures=int(data.get("failures", 0)),
             label=self.job.label,
             started=started_at is not None,
+            started_at=float(started_at) if started_at else None,
         )
 
 
@@ -175,6 +180,7 @@ def judge_generator(
     *,
     processes: int,
     cpus: int,
+    first_sample_epoch: float | None = None,
 ) -> GeneratorLoad:
     """Was the generator the bottleneck? Medians over the steady part of the run.
 
@@ -220,4 +226,5 @@ def judge_generator(
         cpu_percent_peak=max(totals, default=0.0),
         saturated=saturated,
         note="; ".join(notes) or None,
+        first_sample_epoch=first_sample_epoch,
     )

@@ -49,7 +49,8 @@ PLUGIN = Path(__file__).resolve().with_name("locust_plugin.py")
 
 
 def locust_argv(job: LocustJob) -> list[str]:
-    argv = [sys.executable, "-m", "locust", "-f", f"{job.locustfile},{PLUGIN}"]
+    scripts = [job.locustfile, PLUGIN, *(PLUGIN.with_name(name) for name in job.extra_scripts)]
+    argv = [sys.executable, "-m", "locust", "-f", ",".join(str(s) for s in scripts)]
     argv += [*headless_options(job), "--csv", str(job.run_dir / "locust"), "--csv-full-history"]
     if job.processes > 1:
         # The master and its forked workers talk over a port, by default the fixed 5557 on every
@@ -135,6 +136,7 @@ class _CpuSampler:
         self.totals: list[float] = []
         self.busiest: list[float] = []
         self.host: list[float] = []
+        self.first_epoch: float | None = None
         psutil.cpu_percent(None)
 
     def attach(self, pid: int) -> None:
@@ -164,11 +166,18 @@ class _CpuSampler:
             except psutil.Error:
                 continue
         if values:
+            if self.first_epoch is None:
+                self.first_epoch = time.time()
             self.totals.append(round(sum(values), 1))
             self.busiest.append(round(max(values), 1))
             self.host.append(round(psutil.cpu_percent(None) * (psutil.cpu_count() or 1), 1))
 
     def summary(self, processes: int) -> GeneratorLoad:
         return judge_generator(
-            self.totals, self.busiest, self.host, processes=processes, cpus=os.cpu_count() or 1
+            self.totals,
+            self.busiest,
+            self.host,
+            processes=processes,
+            cpus=os.cpu_count() or 1,
+            first_sample_epoch=self.first_epoch,
         )

@@ -13,6 +13,9 @@ It defines no User: it only hooks Locust's events.
   names but kept out of the totals and the timeline unless ``$TASKSCALE_LOADTEST_INCLUDE_SETUP``.
 - ``$TASKSCALE_RATE`` (requests/s, total) paces every user with ``constant_throughput`` and turns
   on coordinated-omission correction in the histograms (see docs/loadtest.md).
+- In a drill (``$TASKSCALE_DRILL_BUCKET_MS``) each request is also counted in 100 ms buckets
+  (succeeded, failed, slow) and the drill writers' acknowledged writes (``ledger.LEDGER``) go
+  into the dump.
 
 Configuration comes from environment variables because Locust forks its workers from one
 command line and offers no other channel into a plugin.
@@ -35,6 +38,8 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from taskscale.loadgen.channel import (
+    DRILL_BUCKET_ENV,
+    DRILL_SLOW_ENV,
     INCLUDE_SETUP_ENV,
     PROGRESS_ENV,
     RATE_ENV,
@@ -44,6 +49,7 @@ from taskscale.loadgen.channel import (
     WORKERS_ENV,
     encode_record,
 )
+from taskscale.loadgen.ledger import LEDGER
 from taskscale.loadgen.metrics import Recorder
 
 # Workers report to the master every 3 s by default; once a second keeps the live line fresh.
@@ -54,11 +60,15 @@ _environment: Environment | None = None
 _started_at: float | None = None
 
 
-def _rate() -> float:
+def _number(name: str) -> float:
     try:
-        return float(os.environ.get(RATE_ENV, "0") or 0)
+        return float(os.environ.get(name, "0") or 0)
     except ValueError:
         return 0.0
+
+
+def _rate() -> float:
+    return _number(RATE_ENV)
 
 
 def _on_init(environment: Environment, **_: Any) -> None:
@@ -72,10 +82,17 @@ def _on_init(environment: Environment, **_: Any) -> None:
         per_user = rate / users
         interval_us = round(1_000_000 / per_user)
         for user_class in environment.user_classes:
-            user_class.wait_time = constant_throughput(per_user)
+            # A drill's writers keep their own pace (they time the recovery).
+            if not getattr(user_class, "taskscale_drill_writer", False):
+                user_class.wait_time = constant_throughput(per_user)
     if not isinstance(runner, MasterRunner):
         include_setup = os.environ.get(INCLUDE_SETUP_ENV) == "1"
-        _recorder = Recorder(expected_interval_us=interval_us, include_setup=include_setup)
+        _recorder = Recorder(
+            expected_interval_us=interval_us,
+            include_setup=include_setup,
+            bucket_ms=int(_number(DRILL_BUCKET_ENV)),
+            slow_ms=_number(DRILL_SLOW_ENV),
+        )
     if not isinstance(runner, WorkerRunner) and (
         os.environ.get(PROGRESS_ENV) or os.environ.get(STDOUT_ENV)
     ):
@@ -126,6 +143,8 @@ def _dump(final: bool) -> None:
     if recorder is None:
         return
     data = {**recorder.dump(), "final": final}
+    if LEDGER:
+        data["writes"] = LEDGER.dump()
     if os.environ.get(STDOUT_ENV):
         _print_record("dump", data)
     raw = os.environ.get(RAW_DIR_ENV)

@@ -5,9 +5,12 @@ latency goes into an HDR histogram (microseconds, 3 significant digits for total
 endpoints, 2 for the per-second timeline) so the report's percentiles are exact to 0.1 %.
 
 Each Locust worker owns one ``Recorder``; at the end it writes ``Recorder.dump()`` as JSON into
-the run's ``raw/`` directory. ``RunMetrics`` merges those dumps (histograms add exactly) and is
-itself stored as ``histograms.json`` so a report can be re-rendered later. Percentiles are
-taken in ``summary.py``: this module is shipped into Locust pods and imports no pydantic.
+the run's ``raw/`` directory. In a drill the recorder also counts, per endpoint, successes,
+failures and slow requests in short buckets (``bucket_ms``, 100 ms): the per-second histograms
+are too coarse to time a recovery, and a counter per bucket costs one dict lookup.
+``RunMetrics`` merges those dumps (histograms add exactly) and is itself stored as
+``histograms.json`` so a report can be re-rendered later. Percentiles are taken in
+``summary.py``: this module is shipped into Locust pods and imports no pydantic.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from taskscale.loadgen.channel import is_setup
+from taskscale.loadgen.ledger import Ledger
 
 LOWEST_US = 1
 HIGHEST_US = 300_000_000  # 5 minutes: longer responses are clamped (and counted as that)
 TOTAL_DIGITS = 3
 SECOND_DIGITS = 2
 FORMAT_VERSION = 1
+# A drill bucket's counters: [succeeded, failed, slow].
+OK, FAILED, SLOW = 0, 1, 2
+Cells = dict[int, list[int]]
 
 
 def new_histogram(digits: int = TOTAL_DIGITS) -> HdrHistogram:
@@ -104,9 +111,20 @@ class Recorder:
     ``include_setup``; the endpoints left out are listed in ``excluded``.
     """
 
-    def __init__(self, expected_interval_us: int = 0, *, include_setup: bool = False) -> None:
+    def __init__(
+        self,
+        expected_interval_us: int = 0,
+        *,
+        include_setup: bool = False,
+        bucket_ms: int = 0,
+        slow_ms: float = 0.0,
+    ) -> None:
         self.expected_interval_us = expected_interval_us
         self.include_setup = include_setup
+        # Drills: per-endpoint event counts in buckets of bucket_ms (0: off); see ``_bucket``.
+        self.bucket_ms = bucket_ms
+        self.slow_ms = slow_ms
+        self.buckets: dict[tuple[str, str], Cells] = {}
         self.total = Series()
         self.endpoints: dict[tuple[str, str], Series] = {}
         self.excluded: set[tuple[str, str]] = set()
@@ -154,9 +172,31 @@ class Recorder:
         per_second.users = users
         self.first_start = min(self.first_start, start_time)
         self.last_end = max(self.last_end, end_time)
+        if self.bucket_ms:
+            self._bucket(method, name, response_time_ms, failed, start_time, end_time)
+
+    def _bucket(
+        self, method: str, name: str, ms: float, failed: bool, start: float, end: float
+    ) -> None:
+        """A success or a failure counts in the bucket it ended in. A slow request (above
+        ``slow_ms``) counts as slow in the bucket where it became slow (start + slow_ms: when
+        a client could tell), and never as a success."""
+        cells = self.buckets.get((method, name))
+        if cells is None:
+            cells = self.buckets[(method, name)] = {}
+        width = self.bucket_ms
+        slow = self.slow_ms > 0 and ms > self.slow_ms
+        if slow:
+            index = int((start * 1000.0 + self.slow_ms) // width)
+            cell = cells.get(index) or cells.setdefault(index, [0, 0, 0])
+            cell[SLOW] += 1
+        if failed or not slow:
+            index = int(end * 1000.0 // width)
+            cell = cells.get(index) or cells.setdefault(index, [0, 0, 0])
+            cell[FAILED if failed else OK] += 1
 
     def dump(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT_VERSION,
             "first_start": self.first_start if self.total.counts.requests else None,
             "last_end": self.last_end if self.total.counts.requests else None,
@@ -164,6 +204,9 @@ class Recorder:
             "total": self.total.to_dict(),
             **_series_dicts(self.endpoints, self.seconds, self.excluded),
         }
+        if self.bucket_ms:
+            data["buckets"] = _buckets_dict(self.bucket_ms, self.slow_ms, self.buckets)
+        return data
 
 
 def _count(counts: Counts, *, failed: bool, answered: bool) -> None:
@@ -187,6 +230,23 @@ def _series_dicts(
         ],
         "seconds": [
             {"second": second, **series.to_dict()} for second, series in sorted(seconds.items())
+        ],
+    }
+
+
+def _buckets_dict(
+    width: int, slow_ms: float, buckets: dict[tuple[str, str], Cells]
+) -> dict[str, Any]:
+    return {
+        "ms": width,
+        "slow_ms": slow_ms,
+        "series": [
+            {
+                "method": method,
+                "name": name,
+                "cells": [[index, *cell] for index, cell in sorted(cells.items())],
+            }
+            for (method, name), cells in sorted(buckets.items())
         ],
     }
 
@@ -215,6 +275,12 @@ class RunMetrics:
     processes: int = 0
     # Setup endpoints left out of the total and the timeline (see Recorder).
     excluded: set[tuple[str, str]] = field(default_factory=set)
+    # Drills: per-endpoint bucket counters (bucket index -> [ok, failed, slow]), the bucket
+    # width and the slow threshold, and the writers' acknowledged writes.
+    buckets: dict[tuple[str, str], Cells] = field(default_factory=dict)
+    bucket_ms: int = 0
+    slow_ms: float = 0.0
+    writes: Ledger = field(default_factory=Ledger)
 
     @property
     def window_seconds(self) -> float:
@@ -244,6 +310,10 @@ class RunMetrics:
                 self.seconds[second].add(series)
             else:
                 self.seconds[second] = series
+        if "buckets" in data:
+            self._merge_buckets(data["buckets"])
+        if "writes" in data:
+            self.writes.merge(data["writes"])
         first, last = data.get("first_start"), data.get("last_end")
         if first is not None:
             self.first_start = (
@@ -254,8 +324,22 @@ class RunMetrics:
                 float(last) if self.last_end is None else max(self.last_end, float(last))
             )
 
+    def _merge_buckets(self, data: dict[str, Any]) -> None:
+        width = int(data["ms"])
+        if self.bucket_ms and width != self.bucket_ms:
+            raise ValueError(f"bucket widths differ: {width} and {self.bucket_ms} ms")
+        self.bucket_ms = width
+        self.slow_ms = float(data.get("slow_ms", 0.0))
+        for item in data["series"]:
+            cells = self.buckets.setdefault((str(item["method"]), str(item["name"])), {})
+            for index, ok, failed, slow in item["cells"]:
+                cell = cells.setdefault(int(index), [0, 0, 0])
+                cell[OK] += int(ok)
+                cell[FAILED] += int(failed)
+                cell[SLOW] += int(slow)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT_VERSION,
             "processes": self.processes,
             "first_start": self.first_start,
@@ -263,6 +347,11 @@ class RunMetrics:
             "total": self.total.to_dict(),
             **_series_dicts(self.endpoints, self.seconds, self.excluded),
         }
+        if self.bucket_ms:
+            data["buckets"] = _buckets_dict(self.bucket_ms, self.slow_ms, self.buckets)
+        if self.writes:
+            data["writes"] = self.writes.dump()
+        return data
 
     @classmethod
     def from_dumps(cls, dumps: Iterable[dict[str, Any]]) -> RunMetrics:

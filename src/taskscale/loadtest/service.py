@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,18 +22,21 @@ from taskscale import __version__, proc
 from taskscale.config import Project
 from taskscale.errors import TargetError, TaskscaleError, UsageError
 from taskscale.loadgen.channel import INCLUDE_SETUP_ENV
-from taskscale.loadgen.job import LoadGenerator, LocustJob, ProgressCallback
+from taskscale.loadgen.job import LoadGenerator, LocustJob, LocustRun, ProgressCallback
 from taskscale.loadgen.local import run_locust
 from taskscale.loadgen.metrics import RunMetrics
 from taskscale.loadtest import summary
 from taskscale.loadtest.compare import compare
 from taskscale.loadtest.slo import Slo, evaluate, parse_slo
 from taskscale.loadtest.spec import BUILTIN_SCENARIOS, LoadTestSpec
+from taskscale.loadtest.telemetry import TelemetrySampler, sampling
 from taskscale.report import HISTOGRAMS_FILE, read_report, write_all
 from taskscale.report.model import (
     Environment,
+    FaultResult,
     GeneratorLoad,
     Report,
+    Rpo,
     SloResult,
     Sweep,
     SweepStep,
@@ -56,7 +60,7 @@ class LoadTestOutcome:
 
 
 @dataclass(frozen=True)
-class _Context:
+class RunContext:
     """Everything resolved before load is sent."""
 
     spec: LoadTestSpec
@@ -160,7 +164,7 @@ def _target(spec: LoadTestSpec, project: Project | None) -> Target:
     return get_target(spec.target, project, context=spec.context)
 
 
-def _default_run_dir(project: Project | None) -> Path:
+def default_run_dir(project: Project | None) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     base = project.state_dir if project is not None else Path.cwd() / ".taskscale"
     run_dir = base / "runs" / stamp
@@ -171,7 +175,7 @@ def _default_run_dir(project: Project | None) -> Path:
     return run_dir
 
 
-def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
+def prepare(spec: LoadTestSpec, project: Project | None) -> RunContext:
     """Resolve and check everything, cheapest first; the readiness probe is the only request."""
     if spec.sweep is not None and spec.host is not None:
         raise UsageError("--sweep-replicas scales the project's stack; it cannot use --host")
@@ -183,7 +187,7 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
     if target is None:
         assert spec.host is not None
         body = preflight(spec.host)
-        return _Context(
+        return RunContext(
             spec=spec,
             host=spec.host,
             target_name="external",
@@ -208,7 +212,7 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
         host = status.endpoints.api.rstrip("/")
         # A sweep checks readiness after each scaling step instead.
         ready_body = preflight(host) if spec.sweep is None else {}
-    return _Context(
+    return RunContext(
         spec=spec,
         host=host,
         target_name=target.name,
@@ -226,7 +230,7 @@ def _prepare(spec: LoadTestSpec, project: Project | None) -> _Context:
 
 
 def _environment(
-    ctx: _Context, replicas: int | None, started: datetime, finished: datetime
+    ctx: RunContext, replicas: int | None, started: datetime, finished: datetime
 ) -> Environment:
     spec = ctx.spec
     return Environment(
@@ -272,11 +276,13 @@ def build_report(
     baseline_path: str = "",
     threshold_pct: float = 5.0,
     notes: list[str] | None = None,
+    faults: list[FaultResult] | None = None,
+    rpo: Rpo | None = None,
 ) -> Report:
-    """The typed report of one run (pure: no I/O)."""
+    """The typed report of one run (pure: no I/O); a drill's ``faults`` and ``rpo`` too."""
     total = summary.totals(metrics)
     endpoints = summary.endpoints(metrics)
-    results = evaluate(slos, total, {e.label: e for e in endpoints})
+    results = evaluate(slos, total, {e.label: e for e in endpoints}, faults=faults, rpo=rpo)
     report = Report(
         total=total,
         endpoints=endpoints,
@@ -289,22 +295,25 @@ def build_report(
             *summary.excluded_note(endpoints),
             *_rate_note(environment.rate, total.rps),
         ],
+        faults=faults or [],
+        rpo=rpo,
     )
     if baseline is not None:
         report.baseline = compare(report, baseline, path=baseline_path, threshold_pct=threshold_pct)
     return report
 
 
-def _run_once(
-    ctx: _Context,
+def locust_job(
+    ctx: RunContext,
     run_dir: Path,
-    replicas: int | None,
-    on_progress: ProgressCallback | None,
+    *,
     label: str = "",
-) -> tuple[Report, list[Path]]:
+    env: dict[str, str] | None = None,
+    extra_scripts: tuple[str, ...] = (),
+) -> LocustJob:
+    """The Locust run ``ctx`` asks for, writing into ``run_dir``."""
     spec = ctx.spec
-    run_dir.mkdir(parents=True, exist_ok=True)
-    job = LocustJob(
+    return LocustJob(
         locustfile=ctx.locustfile,
         host=ctx.host,
         users=spec.users,
@@ -314,15 +323,43 @@ def _run_once(
         run_dir=run_dir,
         rate=spec.rate,
         stop_timeout_s=spec.stop_timeout_s,
-        env={**ctx.scenario_env, **({INCLUDE_SETUP_ENV: "1"} if spec.include_setup else {})},
+        env={
+            **ctx.scenario_env,
+            **({INCLUDE_SETUP_ENV: "1"} if spec.include_setup else {}),
+            **(env or {}),
+        },
         label=label,
+        extra_scripts=extra_scripts,
     )
+
+
+def execute(ctx: RunContext, job: LocustJob, on_progress: ProgressCallback | None) -> LocustRun:
+    """Run ``job`` where the target runs Locust (in the cluster, or on this machine)."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
     run = (
         ctx.generator.run(job, on_progress)
         if ctx.generator is not None
         else run_locust(job, on_progress)
     )
-    run.metrics.save(run_dir / HISTOGRAMS_FILE)
+    run.metrics.save(job.run_dir / HISTOGRAMS_FILE)
+    return run
+
+
+def origin_of(metrics: RunMetrics) -> float | None:
+    """Epoch seconds of the timeline's t=0 (the first second a request completed in)."""
+    return float(min(metrics.seconds)) if metrics.seconds else None
+
+
+def report_of(
+    ctx: RunContext,
+    run: LocustRun,
+    replicas: int | None,
+    sampler: TelemetrySampler | None,
+    **extra: Any,
+) -> Report:
+    """The typed report of one run, with its telemetry on the run's timeline; ``extra`` are
+    ``build_report``'s drill arguments."""
+    spec = ctx.spec
     report = build_report(
         run.metrics,
         spec.slos,
@@ -332,7 +369,27 @@ def _run_once(
         baseline_path=str(spec.baseline) if spec.baseline else "",
         threshold_pct=spec.threshold_pct,
         notes=run.notes,
+        **extra,
     )
+    report.origin_epoch = origin_of(run.metrics)
+    if sampler is not None:
+        report.telemetry = sampler.telemetry(report.origin_epoch or run.started_at.timestamp())
+    elif spec.telemetry and ctx.target is not None:
+        report.notes.append(f"the {ctx.target_name} target offers no server-side telemetry")
+    return report
+
+
+def _run_once(
+    ctx: RunContext,
+    run_dir: Path,
+    replicas: int | None,
+    on_progress: ProgressCallback | None,
+    label: str = "",
+) -> tuple[Report, list[Path]]:
+    job = locust_job(ctx, run_dir, label=label)
+    with sampling(ctx.target if ctx.spec.telemetry else None) as sampler:
+        run = execute(ctx, job, on_progress)
+    report = report_of(ctx, run, replicas, sampler)
     return report, write_all(report, run_dir)
 
 
@@ -372,7 +429,7 @@ def sweep_summary(replicas: list[int], reports: list[tuple[Report, str]]) -> Swe
     return Sweep(replicas=replicas, steps=steps, note=note)
 
 
-def _sweep_report(ctx: _Context, steps: list[tuple[Report, str]], replicas: list[int]) -> Report:
+def _sweep_report(ctx: RunContext, steps: list[tuple[Report, str]], replicas: list[int]) -> Report:
     first, last = steps[0][0], steps[-1][0]
     environment = first.environment.model_copy(
         update={"replicas": None, "finished_at": last.environment.finished_at}
@@ -395,7 +452,7 @@ def _sweep_report(ctx: _Context, steps: list[tuple[Report, str]], replicas: list
 
 
 def _run_sweep(
-    ctx: _Context,
+    ctx: RunContext,
     project: Project | None,
     run_dir: Path,
     on_progress: ProgressCallback | None,
@@ -441,8 +498,8 @@ def run_loadtest(
     on_step: StepCallback = no_steps,
 ) -> LoadTestOutcome:
     """Preflight, run (or sweep), write every report form; SLO failures are in the report."""
-    ctx = _prepare(spec, project)
-    run_dir = (spec.out or _default_run_dir(project)).resolve()
+    ctx = prepare(spec, project)
+    run_dir = (spec.out or default_run_dir(project)).resolve()
     if spec.sweep is not None:
         report, files = _run_sweep(ctx, project, run_dir, on_progress, on_step)
     else:
@@ -500,8 +557,14 @@ def _rerender_single(
             baseline=base,
             baseline_path=str(baseline) if baseline else "",
             threshold_pct=threshold_pct,
+            faults=stored.faults,
+            rpo=stored.rpo,
         )
         report.notes = stored.notes
+        # What the run measured beyond Locust's histograms is kept as it was.
+        report.origin_epoch = stored.origin_epoch
+        report.telemetry = stored.telemetry
+        report.drill = stored.drill
         if base is None:
             report.baseline = stored.baseline
         return report

@@ -17,16 +17,22 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION_S = 24 * 3600.0
 
 
-def parse_duration(text: str) -> float:
-    """``30s``, ``2m``, ``1m30s``, ``1h``, or plain seconds (``45``) -> seconds (>= 1)."""
+def seconds_of(text: str) -> float | None:
+    """``30s``, ``2m``, ``1m30s``, ``1500ms``, ``1h`` or plain seconds -> seconds; None when
+    ``text`` is none of these."""
     value = text.strip().lower()
-    seconds: float | None = None
     if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        seconds = float(value)
-    elif value and _DURATION_PART.sub("", value) == "":
-        seconds = sum(
+        return float(value)
+    if value and _DURATION_PART.sub("", value) == "":
+        return sum(
             float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(value)
         )
+    return None
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``2m``, ``1m30s``, ``1h``, or plain seconds (``45``) -> seconds (>= 1)."""
+    seconds = seconds_of(text)
     if seconds is None:
         raise UsageError(f"invalid duration {text!r}: use e.g. 30s, 2m, 1m30s or 1h")
     if seconds < 1 or seconds > MAX_DURATION_S:
@@ -69,6 +75,7 @@ class LoadTestSpec:
     target: str = "local"
     context: str | None = None
     include_setup: bool = False  # count "(setup)" requests in the totals and the SLO gates
+    telemetry: bool = True  # sample the servers each second (Target.telemetry)
 
     @classmethod
     def build(
@@ -89,8 +96,10 @@ class LoadTestSpec:
         target: str = "local",
         context: str | None = None,
         include_setup: bool = False,
+        drill: bool = False,
+        telemetry: bool = True,
     ) -> LoadTestSpec:
-        parsed_slos = parse_slos(slos or [])
+        parsed_slos = parse_slos(slos or [], drill=drill)
         duration_s = parse_duration(duration)
         if users < 1:
             raise UsageError(f"invalid --users {users}: at least 1")
@@ -141,4 +150,5 @@ class LoadTestSpec:
             target=target,
             context=context,
             include_setup=include_setup,
+            telemetry=telemetry,
         )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from taskscale.report.model import Report
-from taskscale.report.tables import environment_rows, headline, regression_lines, warnings
+from taskscale.report.tables import (
+    drill_line,
+    environment_rows,
+    headline,
+    regression_lines,
+    rpo_line,
+    warnings,
+)
 
 
 def render(report: Report) -> str:
@@ -46,7 +53,20 @@ def render(report: Report) -> str:
         "property",
         {"name": "generator_saturated", "value": str(bool(generator and generator.saturated))},
     )
-    summary = [headline(report), *(f"warning: {w}" for w in warnings(report))]
+    # A drill's measurements: the verdicts are the gates above (rto<..., rpo=0), as for the exit
+    # code; each fault and the RPO are properties and lines for whoever reads the suite.
+    for fault in report.faults:
+        rto = "not recovered" if fault.rto_s is None else f"{fault.rto_s:g}"
+        ET.SubElement(properties, "property", {"name": f"rto_s {fault.spec}", "value": rto})
+    if report.rpo is not None:
+        rpo = report.rpo
+        value = f"lost {rpo.lost} changed {rpo.changed} of {rpo.acknowledged_writes}"
+        if rpo.unverified:
+            value += f" unverified {rpo.unverified}"
+        ET.SubElement(properties, "property", {"name": "rpo", "value": value})
+    summary = [headline(report)]
+    summary += [line for line in (drill_line(report), rpo_line(report)) if line]
+    summary += [f"warning: {w}" for w in warnings(report)]
     if report.baseline is not None:
         path = report.baseline.baseline_path
         summary += [f"regression vs {path}: {line}" for line in regression_lines(report)]

@@ -6,9 +6,11 @@ from taskscale.report.model import Report
 from taskscale.report.tables import (
     TableData,
     all_tables,
+    drill_line,
     environment_rows,
     headline,
     regression_lines,
+    rpo_line,
     warnings,
 )
 
@@ -30,7 +32,12 @@ def render(report: Report) -> str:
     failed = report.failed_slos
     status = "FAILED" if failed else "passed"
     title = "Scaling sweep" if report.kind == "sweep" else "Load test"
+    if report.drill is not None:
+        title = "Drill" + (f" {report.drill.name}" if report.drill.name else "")
     parts = [f"# taskscale {title}: {status}", "", headline(report), ""]
+    for line in (drill_line(report), rpo_line(report)):
+        if line:
+            parts += [f"**{_escape(line)}**", ""]
     for warning in warnings(report):
         parts += [f"> **Warning:** {_escape(warning)}", ""]
     if failed:

@@ -111,6 +111,8 @@ class GeneratorLoad(_Model):
     cpu_percent_peak: float
     saturated: bool
     note: str | None = None
+    # When the first sample was taken (epoch seconds): places the samples on the timeline.
+    first_sample_epoch: float | None = None
 
 
 class ComparisonRow(_Model):
@@ -155,6 +157,109 @@ class Sweep(_Model):
     note: str | None = None
 
 
+class FailoverResult(_Model):
+    """What ``--failover`` did about a killed primary (times in seconds on the timeline)."""
+
+    mode: Literal["auto", "manual", "none"]
+    started_at_s: float | None = None
+    finished_at_s: float | None = None
+    old_primary: str | None = None
+    new_primary: str | None = None
+    error: str | None = None
+
+
+class FaultResult(_Model):
+    """One injected fault and what clients saw. Times are seconds on the report's timeline
+    (``origin_epoch``); see docs/drill.md for how each is derived from the data."""
+
+    kind: str
+    service: str
+    spec: str = Field(description="the fault as scheduled, e.g. kill:app-2@10s")
+    detail: str | None = Field(default=None, description="what was hit: a pid, container, pod")
+    injected_at_s: float
+    resumed_at_s: float | None = Field(default=None, description="stop: when it was resumed")
+    detected_at_s: float | None = Field(
+        default=None, description="first failed or slow request, or failed probe, after it"
+    )
+    detected_by: str | None = None
+    recovered_at_s: float | None = Field(
+        default=None, description="first success of every operation type once sustained"
+    )
+    rto_s: float | None = Field(
+        default=None, description="injection to sustained success (None: not within the run)"
+    )
+    service_back_at_s: float | None = Field(
+        default=None, description="when the target's probe saw the service serve again"
+    )
+    window_s: list[float] = Field(default_factory=list, description="[start, end] measured")
+    requests_in_window: int = 0
+    failed_requests: dict[str, int] = Field(default_factory=dict)
+    slow_requests: dict[str, int] = Field(default_factory=dict)
+    p99_before_ms: float | None = None
+    p99_window_ms: float | None = None
+    failover: FailoverResult | None = None
+    restarts: int | None = Field(
+        default=None,
+        description="restarts the target's restart policy made of the service during the "
+        "drill (local: the supervisor's count in `status`); None: the target keeps no count",
+    )
+    note: str | None = None
+
+
+class Rpo(_Model):
+    """Acknowledged writes read back from the current primary after the drill."""
+
+    acknowledged_writes: int
+    lost: int
+    changed: int
+    unverified: int = 0
+    ids: list[int] = Field(default_factory=list, description="first few lost or changed ids")
+    source: str = ""
+    note: str | None = None
+
+    @property
+    def value(self) -> int:
+        """The RPO gate's value: acknowledged writes not read back as written."""
+        return self.lost + self.changed
+
+
+class DrillInfo(_Model):
+    """How the drill measured (docs/drill.md)."""
+
+    name: str | None = None
+    failover: Literal["auto", "manual", "none"] = "none"
+    bucket_ms: int
+    slow_ms: float
+    sustain_s: float
+    writers: int
+    after: list[str] = Field(default_factory=list, description="the stack after the drill")
+
+
+class TelemetryPoint(_Model):
+    t: float = Field(description="seconds on the report's timeline")
+    requests_per_replica: dict[str, float] = Field(default_factory=dict)
+    replication_lag_bytes: dict[str, int | None] = Field(default_factory=dict)
+    replication_lag_seconds: dict[str, float | None] = Field(default_factory=dict)
+    cache_hit_ratio: float | None = None
+    db_pool_in_use: float | None = None
+    outbox_backlog: float | None = None
+    oldest_unpublished_s: float | None = None
+    consumer_lag: float | None = None
+    worker_processed_per_s: float | None = None
+    cpu_percent: dict[str, float] = Field(default_factory=dict)
+
+
+class Telemetry(_Model):
+    """What the servers did, sampled once a second during the load (docs/loadtest.md)."""
+
+    interval_s: float
+    samples: list[TelemetryPoint] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    sample_ms_median: float | None = Field(
+        default=None, description="wall time of one reading (its cost)"
+    )
+
+
 class Report(_Model):
     schema_version: int = SCHEMA_VERSION
     kind: Literal["run", "sweep"] = "run"
@@ -167,6 +272,12 @@ class Report(_Model):
     baseline: Comparison | None = None
     sweep: Sweep | None = None
     notes: list[str] = Field(default_factory=list)
+    # Epoch seconds of the timeline's t=0 (faults and telemetry are placed on the same axis).
+    origin_epoch: float | None = None
+    telemetry: Telemetry | None = None
+    drill: DrillInfo | None = None
+    faults: list[FaultResult] = Field(default_factory=list)
+    rpo: Rpo | None = None
 
     @property
     def failed_slos(self) -> list[SloResult]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from taskscale.report.model import Report, Totals
+from taskscale.report.model import FaultResult, Report, TelemetryPoint, Totals
 
 
 @dataclass(frozen=True)
@@ -143,14 +145,172 @@ def sweep_table(report: Report) -> TableData | None:
     )
 
 
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _counts(values: dict[str, int]) -> str:
+    if not values:
+        return "0"
+    total = sum(values.values())
+    parts = ", ".join(f"{name} {count}" for name, count in sorted(values.items()))
+    return f"{total} ({parts})"
+
+
+def _rto(fault: FaultResult) -> str:
+    return "not recovered" if fault.rto_s is None else f"{fault.rto_s:.2f}"
+
+
+def _failover(fault: FaultResult) -> str:
+    failover = fault.failover
+    if failover is None:
+        return "-"
+    if failover.error:
+        return f"{failover.mode}: failed ({failover.error})"
+    if failover.new_primary is None:
+        return f"{failover.mode}: none happened"
+    took = ""
+    if failover.started_at_s is not None and failover.finished_at_s is not None:
+        took = f" in {failover.finished_at_s - failover.started_at_s:.1f} s"
+    return f"{failover.mode}: {failover.new_primary} promoted{took}"
+
+
+FAULT_COLUMNS = [
+    "fault",
+    "injected s",
+    "detected s",
+    "recovered s",
+    "RTO s",
+    "failed requests",
+    "slow requests",
+    "p99 before / during ms",
+    "service back s",
+    "restarts",
+    "failover",
+]
+
+
+def fault_table(report: Report) -> TableData | None:
+    if not report.faults:
+        return None
+    rows = []
+    for fault in report.faults:
+        detected = seconds(fault.detected_at_s)
+        if fault.detected_by is not None:
+            detected += f" ({fault.detected_by})"
+        rows.append(
+            [
+                fault.spec,
+                seconds(fault.injected_at_s),
+                detected,
+                seconds(fault.recovered_at_s),
+                _rto(fault),
+                _counts(fault.failed_requests),
+                _counts(fault.slow_requests),
+                f"{ms(fault.p99_before_ms)} / {ms(fault.p99_window_ms)}",
+                seconds(fault.service_back_at_s),
+                "-" if fault.restarts is None else str(fault.restarts),
+                _failover(fault),
+            ]
+        )
+    title = "Faults (seconds on the report's timeline, which starts at the first measured request"
+    title += "; @T in a fault counts from the load's start"
+    if report.drill is not None:
+        title += (
+            f"; RTO = injection to the first {report.drill.sustain_s:g} s with no failed or slow "
+            f"(> {report.drill.slow_ms:g} ms) request and a success of every operation type"
+        )
+    return TableData(title + ")", FAULT_COLUMNS, rows)
+
+
+def rpo_line(report: Report) -> str | None:
+    """The RPO verdict in one sentence (every form shows it)."""
+    rpo = report.rpo
+    if rpo is None:
+        return None
+    line = (
+        f"RPO: {rpo.lost} of {rpo.acknowledged_writes:,} acknowledged writes lost, "
+        f"{rpo.changed} changed"
+    )
+    if rpo.unverified:
+        line += f", {rpo.unverified} could not be read back"
+    if rpo.ids:
+        line += f" (task ids {', '.join(str(i) for i in rpo.ids)})"
+    return line + (f"; read back from {rpo.source}" if rpo.source else "")
+
+
+def _series(
+    points: list[TelemetryPoint], pick: Callable[[TelemetryPoint], float | int | None]
+) -> list[float]:
+    return [float(v) for v in (pick(p) for p in points) if v is not None]
+
+
+def _keyed(points: list[TelemetryPoint], field: str, key: str) -> list[float]:
+    """The values of one key of a per-name series (``requests_per_replica``...)."""
+    values: list[float] = []
+    for point in points:
+        value = getattr(point, field).get(key)
+        if value is not None:
+            values.append(float(value))
+    return values
+
+
+def _keys(points: list[TelemetryPoint], field: str) -> list[str]:
+    return sorted({key for point in points for key in getattr(point, field)})
+
+
+def telemetry_table(report: Report) -> TableData | None:
+    """Median and peak of each telemetry series (the charts are in the HTML report)."""
+    telemetry = report.telemetry
+    if telemetry is None or not telemetry.samples:
+        return None
+    points = telemetry.samples
+    rows: list[list[str]] = []
+
+    def add(label: str, values: list[float], digits: int = 1) -> None:
+        if values:
+            rows.append(
+                [label, f"{statistics.median(values):,.{digits}f}", f"{max(values):,.{digits}f}"]
+            )
+
+    for name in _keys(points, "requests_per_replica"):
+        add(f"req/s {name}", _keyed(points, "requests_per_replica", name))
+    for name in _keys(points, "replication_lag_bytes"):
+        add(f"replication lag bytes {name}", _keyed(points, "replication_lag_bytes", name), 0)
+        add(f"replication lag s {name}", _keyed(points, "replication_lag_seconds", name), 3)
+    add("cache hit ratio", _series(points, lambda p: p.cache_hit_ratio), 3)
+    add("db pool in use", _series(points, lambda p: p.db_pool_in_use), 0)
+    add("outbox backlog", _series(points, lambda p: p.outbox_backlog), 0)
+    add("oldest unpublished s", _series(points, lambda p: p.oldest_unpublished_s))
+    add("consumer lag", _series(points, lambda p: p.consumer_lag), 0)
+    add("worker events/s", _series(points, lambda p: p.worker_processed_per_s))
+    for name in _keys(points, "cpu_percent"):
+        add(f"CPU % {name}", _keyed(points, "cpu_percent", name))
+    if not rows:
+        return None
+    return TableData(
+        f"Server telemetry ({len(points)} samples, one per {telemetry.interval_s:g} s)",
+        ["series", "median", "peak"],
+        rows,
+    )
+
+
 def all_tables(report: Report) -> list[TableData]:
     tables = [
+        fault_table(report),
         endpoint_table(report),
         sweep_table(report),
         slo_table(report),
         baseline_table(report),
+        telemetry_table(report),
     ]
     return [table for table in tables if table is not None]
+
+
+def drill_line(report: Report) -> str | None:
+    """Each fault's RTO in one sentence (``rpo_line`` says the RPO)."""
+    parts = [f"{f.spec} RTO {_rto(f)}" + ("" if f.rto_s is None else " s") for f in report.faults]
+    return "Drill: " + "; ".join(parts) if parts else None
 
 
 def headline(report: Report) -> str:

@@ -1,9 +1,10 @@
 """The interface every target implements.
 
-``replicate``, ``loadtest`` and the stack commands talk to a stack only through ``Target``: the
-core operations every target has (up, scale, status, logs, down, endpoints) and capabilities it
-may have (``replication()``, ``load_generator()``; see ``targets.capabilities``), each None when
-the target does not offer it. The typed results are in ``targets.model``.
+``replicate``, ``loadtest``, ``drill`` and the stack commands talk to a stack only through
+``Target``: the core operations every target has (up, scale, status, logs, down, endpoints) and
+capabilities it may have (``replication()``, ``load_generator()``, ``faults()``,
+``telemetry()``; see ``targets.capabilities``), each None when the target does not offer it. The
+typed results are in ``targets.model``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from taskscale.targets.model import DownResult, Endpoints, StackStatus, StepCall
 
 if TYPE_CHECKING:  # kept off the import path of every command
     from taskscale.loadgen.job import LoadGenerator
-    from taskscale.targets.capabilities import Replication
+    from taskscale.targets.capabilities import FaultInjector, Replication, TelemetrySource
     from taskscale.targets.logstream import LogStream
 
 
@@ -82,4 +83,12 @@ class Target(abc.ABC):
 
     def load_generator(self) -> LoadGenerator | None:
         """Where ``loadtest`` runs Locust: None means on this machine, against ``endpoints()``."""
+        return None
+
+    def faults(self) -> FaultInjector | None:
+        """Fault injection for ``taskscale drill``."""
+        return None
+
+    def telemetry(self) -> TelemetrySource | None:
+        """Server-side telemetry sampled during load tests."""
         return None

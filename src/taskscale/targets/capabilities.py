@@ -7,19 +7,22 @@ remove streaming standbys, sync or async) and ``promotion()`` (switchover, failo
 The CLI asks for each capability and, when a target lacks it, raises ``Unsupported`` with one
 message for every target (``require``).
 
-The next capability follows the same pattern: ``Target.faults() -> FaultInjector | None`` for
-``taskscale drill`` (signals to supervised processes locally, kill/pause on compose, pod
-delete on Kubernetes), an interface here and one method on each target that offers it.
+``Target.faults()`` returns a ``FaultInjector`` (``taskscale drill``: signals to the supervised
+processes locally, kill/pause/unpause on compose, pod delete on Kubernetes) and
+``Target.telemetry()`` a ``TelemetrySource`` (what the servers did during a load test: requests
+per replica, replication lag, cache, pool, backlog, CPU), each None when the target has none.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 from taskscale.errors import TargetError
 from taskscale.replication.model import ClusterStatus, ReplicationChange
-from taskscale.targets.model import StepCallback, no_steps
+from taskscale.targets.model import ServiceKind, StepCallback, no_steps
+from taskscale.targets.telemetry import TelemetrySample
 
 C = TypeVar("C")
 
@@ -70,6 +73,97 @@ class Replication(abc.ABC):
         return None
 
     def promotion(self) -> Promotion | None:
+        return None
+
+
+FaultKind = Literal["kill", "stop"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("kill", "stop")
+Role = Literal["primary", "standby"]
+
+
+@dataclass(frozen=True)
+class FaultTarget:
+    """A running service a fault can hit, by the name ``status`` shows."""
+
+    name: str
+    kind: ServiceKind
+    # PostgreSQL nodes only: which role the node has now.
+    role: Role | None = None
+
+
+@dataclass(frozen=True)
+class Injected:
+    """A fault that was injected: when (epoch seconds, taken right after the call returned)
+    and on what (a pid, a container, a pod), with what ``resume`` needs."""
+
+    service: str
+    kind: FaultKind
+    at: float
+    detail: str
+    handle: str
+
+
+# A task as the primary has it: (title, description, status).
+TaskRow = tuple[str, str | None, str]
+
+
+class FaultInjector(abc.ABC):
+    """Injects faults into a running stack, and reads what the drill needs afterwards."""
+
+    # The fault kinds this target can inject at all.
+    kinds: frozenset[FaultKind] = frozenset(FAULT_KINDS)
+
+    @abc.abstractmethod
+    def targets(self) -> list[FaultTarget]:
+        """Every running service a fault can hit; a TargetError when the stack is not running."""
+
+    def refusal(self, kind: FaultKind, target: FaultTarget) -> str | None:
+        """Why this target cannot inject ``kind`` into ``target`` (None: it can)."""
+        if kind not in self.kinds:
+            return f"{kind} faults are not supported on this target"
+        return None
+
+    @abc.abstractmethod
+    def kill(self, target: FaultTarget) -> Injected:
+        """Kill the service at once (SIGKILL or its equivalent): a crash, not a clean stop."""
+
+    @abc.abstractmethod
+    def stop(self, target: FaultTarget) -> Injected:
+        """Freeze the service (SIGSTOP or its equivalent): a hang, undone by ``resume``."""
+
+    @abc.abstractmethod
+    def resume(self, injected: Injected) -> None:
+        """Undo a ``stop`` (safe to repeat, and for a service that is gone)."""
+
+    @abc.abstractmethod
+    def serving(self, name: str) -> bool:
+        """Whether the service runs and accepts connections now (a cheap, bounded probe)."""
+
+    @abc.abstractmethod
+    def heal(self, names: list[str], timeout: float, on_step: StepCallback = no_steps) -> list[str]:
+        """After a drill: wait (up to ``timeout``) until the killed services ``names`` serve
+        again, starting what nothing restarted; a note for each that is still down."""
+
+    @abc.abstractmethod
+    def read_tasks(self, ids: list[int]) -> dict[int, TaskRow]:
+        """The tasks ``ids`` as the current primary has them (missing ids are absent)."""
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts the target's own restart policy has made so far, per service (empty: the
+        target keeps no count); the drill reports the difference its faults caused."""
+        return {}
+
+
+class TelemetrySource(abc.ABC):
+    """Reads what the servers are doing, once per call (bounded in time, never raising because
+    a service is down: what cannot be read is None, with a note)."""
+
+    @abc.abstractmethod
+    def sample(self) -> TelemetrySample:
+        """One reading of every counter and gauge the target exposes."""
+
+    def close(self) -> None:
+        """Release connections and threads."""
         return None
 
 

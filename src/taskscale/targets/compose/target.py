@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskscale import proc
 from taskscale.config import Project
@@ -54,6 +54,9 @@ from taskscale.targets.model import (
     no_steps,
 )
 from taskscale.targets.ports import check_ports_free
+
+if TYPE_CHECKING:
+    from taskscale.targets.compose.faults import ComposeFaults
 
 COMPOSE_FILE = Path("compose.yaml")
 # Where templates before 0.2 put the compose file (Compose then needed --env-file .env).
@@ -321,6 +324,13 @@ class ComposeTarget(Target):
         if purge:
             self.state_path.unlink(missing_ok=True)
         return DownResult(target=self.name, stopped=before, purged=purge)
+
+    # ------------------------------------------------------------------ drills
+
+    def faults(self) -> ComposeFaults:
+        from taskscale.targets.compose.faults import ComposeFaults
+
+        return ComposeFaults(self, _KINDS, SERVICE_LABEL)
 
     # ------------------------------------------------------------------ replication
 

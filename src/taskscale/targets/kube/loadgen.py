@@ -64,7 +64,9 @@ FILES = {
     "loadgen-init.py": "taskscale/loadgen/__init__.py",
     "channel.py": "taskscale/loadgen/channel.py",
     "metrics.py": "taskscale/loadgen/metrics.py",
+    "ledger.py": "taskscale/loadgen/ledger.py",
     "locust_plugin.py": "taskscale/loadgen/locust_plugin.py",
+    "drill_writer.py": "taskscale/loadgen/drill_writer.py",
 }
 LOG_TAIL_LINES = 50
 COLLECT_TIMEOUT_S = 30.0
@@ -72,7 +74,8 @@ DONE_PHASES = ("Succeeded", "Failed")
 
 
 def plugin_files(locustfile: Path) -> dict[str, str]:
-    """The ConfigMap's data: the scenario, the plugin and the two modules it imports."""
+    """The ConfigMap's data: the scenario, the plugin, the modules it imports and the
+    drill's writers (loaded in drills only)."""
     package = Path(taskscale.loadgen.__file__).resolve().parent
     try:
         scenario = locustfile.read_text(encoding="utf-8")
@@ -84,7 +87,13 @@ def plugin_files(locustfile: Path) -> dict[str, str]:
         "loadgen-init.py": "",
         **{
             name: (package / name).read_text(encoding="utf-8")
-            for name in ("channel.py", "metrics.py", "locust_plugin.py")
+            for name in (
+                "channel.py",
+                "metrics.py",
+                "ledger.py",
+                "locust_plugin.py",
+                "drill_writer.py",
+            )
         },
     }
 
@@ -145,7 +154,13 @@ def locust_objects(
     """ConfigMap, master Service, master Job and worker Job of one run (pure)."""
     workers = job.processes
     deadline = round(job.duration_s + job.stop_timeout_s + GRACE_S + start_timeout_s)
-    scripts = f"{MOUNT}/locustfile.py,{MOUNT}/taskscale/loadgen/locust_plugin.py"
+    scripts = ",".join(
+        [
+            f"{MOUNT}/locustfile.py",
+            f"{MOUNT}/taskscale/loadgen/locust_plugin.py",
+            *(f"{MOUNT}/taskscale/loadgen/{name}" for name in job.extra_scripts),
+        ]
+    )
     env = {
         **(job.env or {}),
         "PYTHONPATH": MOUNT,

@@ -28,7 +28,7 @@ from taskscale.errors import (
     UsageError,
 )
 from taskscale.targets.base import Target, validate_replicas
-from taskscale.targets.capabilities import Replication
+from taskscale.targets.capabilities import FaultInjector, Replication
 from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.api import KubeApi, KubeApiError, object_path
 from taskscale.targets.kube.namespace import Namespace
@@ -445,6 +445,12 @@ class KubernetesTarget(Target):
                 )
             found.append(by_name[name]["spec"]["template"])
         return found[0], found[1]
+
+    def faults(self) -> FaultInjector:
+        """Pod deletes (``kill``); no ``stop`` (docs/drill.md)."""
+        from taskscale.targets.kube.faults import KubeFaults
+
+        return KubeFaults(lambda: self.ns, self.name, _service_kind)
 
     def replication(self) -> Replication:
         """Status only: promotion is manual on this target (docs/kubernetes.md)."""

@@ -266,6 +266,9 @@ class LocalPostgres:
         from psycopg import sql
 
         with self.connect() as conn:
+            # With --sync, the primary starts before its standbys: these writes must not wait
+            # for a standby that `up` has not started yet (they would wait forever).
+            conn.execute("SET synchronous_commit = local")
             roles = [(user, password, False)]
             if replication_user and replication_password:
                 roles.append((replication_user, replication_password, True))

@@ -163,17 +163,41 @@ class NodeOperations:
         # Only the data directory: the first node's root also holds the superuser password.
         shutil.rmtree(self.node(name).data_dir, ignore_errors=True)
 
-    def checkpoint_lsn(self, node: LocalPostgres) -> str:
+    def _controldata(self, node: LocalPostgres) -> dict[str, str]:
         result = proc.run(
             [*user_namespace_prefix(), self.nodes.bins().program("pg_controldata"),
              "-D", node.data_dir],
             timeout=30,
             env={**os.environ, "LC_ALL": "C"},
         )  # fmt: skip
-        for line in result.stdout.splitlines():
-            if line.startswith("Latest checkpoint location:"):
-                return line.split(":", 1)[1].strip()
-        raise TargetError(f"pg_controldata did not report a checkpoint for {node.data_dir}")
+        fields = (line.partition(":") for line in result.stdout.splitlines())
+        return {key.strip(): value.strip() for key, _, value in fields}
+
+    def checkpoint_lsn(self, node: LocalPostgres) -> str:
+        lsn = self._controldata(node).get("Latest checkpoint location")
+        if not lsn:
+            raise TargetError(f"pg_controldata did not report a checkpoint for {node.data_dir}")
+        return lsn
+
+    def finish_crash_recovery(self, node: LocalPostgres) -> bool:
+        """A former primary stopped while it was still replaying its own WAL after a crash (a
+        restart policy brought it back, then a failover fenced it) is "shut down in recovery".
+        pg_rewind trusts that state and takes the node's minimum recovery point as the end of
+        its WAL, so the records the node wrote but never sent would stay, and it could never
+        follow the new primary. Finishing the crash recovery in single-user mode (what
+        pg_rewind itself does for a node that crashed) ends it with a clean shutdown
+        checkpoint past every record. True when it had to."""
+        if (node.data_dir / "standby.signal").exists():
+            return False  # a standby shut down in recovery is consistent as it is
+        if self._controldata(node).get("Database cluster state") != "shut down in recovery":
+            return False
+        proc.run(
+            [*user_namespace_prefix(), self.nodes.bins().program("postgres"), "--single",
+             "-F", "-c", "exit_on_error=false", "-D", node.data_dir, "template1"],
+            timeout=300,
+            input_text="",
+        )  # fmt: skip
+        return True
 
     def replayed(self, node: LocalPostgres, lsn: str) -> bool:
         try:
@@ -194,6 +218,7 @@ class NodeOperations:
     def rewind(self, name: str, primary: str) -> None:
         node = self.node(name)
         source = self.node(primary)
+        self.finish_crash_recovery(node)
         proc.run(
             [
                 *user_namespace_prefix(),

@@ -47,7 +47,9 @@ from taskscale.targets.model import (
 )
 
 if TYPE_CHECKING:
+    from taskscale.targets.local.faults import LocalFaults
     from taskscale.targets.local.replication import LocalReplication
+    from taskscale.targets.local.telemetry import LocalTelemetry
 
 READY_POLL = 0.05
 PORT_FREE_TIMEOUT = 5.0
@@ -144,6 +146,19 @@ class LocalTarget(Target):
         from taskscale.targets.local.replication import LocalReplication
 
         return LocalReplication(self.supervisor, self.nodes, self._rollout)
+
+    def faults(self) -> LocalFaults:
+        from taskscale.targets.local.faults import LocalFaults
+
+        def restart(on_step: StepCallback) -> None:
+            self.up(max(self.status().replicas, 1), on_step)
+
+        return LocalFaults(self.project, self.supervisor, self.nodes, restart)
+
+    def telemetry(self) -> LocalTelemetry:
+        from taskscale.targets.local.telemetry import LocalTelemetry
+
+        return LocalTelemetry(self.project, self.supervisor, self.nodes)
 
     # ------------------------------------------------------------------ up, step by step
 

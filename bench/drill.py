@@ -1,0 +1,140 @@
+"""`taskscale drill` on the local target: measured RTO and RPO, and what telemetry costs.
+
+    python bench/drill.py [--duration 24] [--users 10] [--pairs 3] [--keep DIR]
+
+A fresh project runs with 2 replicas and one streaming standby on free loopback ports (its
+supervisor restarts crashed services), and every drill is the real command (`taskscale drill
+... --json`, one Locust process):
+
+1. ``primary-failover`` with ``replicate --sync`` and ``--failover auto``: RPO (acknowledged
+   writes lost or changed) and RTO (kill -> sustained successful requests of every type), the
+   failover's own time, the failed requests.
+2. The same with asynchronous replication (the primary is whichever node is primary now).
+3. ``replica-crash``: failed requests and RTO while the supervisor restarts ``app-1``, and its
+   restart count.
+4. Telemetry cost: ``taskscale loadtest`` with and without ``--no-telemetry``, alternating,
+   ``--pairs`` times each: the generator's requests/s, and the ratio of the medians.
+
+Everything is stopped at the end, even on failure. One run on whatever machine this is:
+record the numbers with that caveat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from taskscale import proc
+from taskscale.config import load_project
+from taskscale.scaffold import NewProjectSpec, create_project
+from taskscale.targets.local import LocalTarget
+from taskscale.targets.local.ports import move_to_free_ports
+
+COMMAND_TIMEOUT = 600.0
+
+
+def cli(project: Path, *args: str) -> dict[str, Any]:
+    """One taskscale command with --json; its JSON (a failed gate still prints the report)."""
+    argv = [sys.executable, "-m", "taskscale", *args, "--json", "--project", str(project)]
+    done = proc.run(argv, timeout=COMMAND_TIMEOUT, check=False)
+    if not done.stdout.strip():
+        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+@contextlib.contextmanager
+def stack(keep: Path | None) -> Iterator[Path]:
+    root = keep or Path(tempfile.mkdtemp(prefix="bench-drill-"))
+    project = create_project(NewProjectSpec(name="bdrill", output_dir=root, git=False)).path
+    move_to_free_ports(project / "taskscale.toml")
+    target = LocalTarget(load_project(project))
+    try:
+        target.up(2)
+        yield project
+    finally:
+        with contextlib.suppress(Exception):
+            LocalTarget(load_project(project)).down()
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def drill(project: Path, out: Path, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    return cli(
+        project, "drill", *extra, "--duration", f"{args.duration}s", "--users", str(args.users),
+        "--processes", "1", "--out", str(out),
+    )  # fmt: skip
+
+
+def show(title: str, report: dict[str, Any]) -> None:
+    print(f"\n== {title}")
+    rpo = report.get("rpo") or {}
+    print(
+        f"RPO: {rpo.get('lost')} lost, {rpo.get('changed')} changed of "
+        f"{rpo.get('acknowledged_writes')} acknowledged writes"
+    )
+    for fault in report.get("faults", []):
+        failed = sum(fault["failed_requests"].values())
+        line = (
+            f"{fault['spec']}: RTO {fault['rto_s']} s, detected +"
+            f"{(fault['detected_at_s'] or fault['injected_at_s']) - fault['injected_at_s']:.3f} s, "
+            f"{failed} failed of {fault['requests_in_window']} requests in the window, "
+            f"p99 {fault['p99_before_ms']} -> {fault['p99_window_ms']} ms, "
+            f"restarts {fault['restarts']}"
+        )
+        failover = fault.get("failover")
+        if failover and failover.get("finished_at_s") is not None:
+            took = failover["finished_at_s"] - failover["started_at_s"]
+            line += f"; failover to {failover['new_primary']} took {took:.1f} s"
+        print(line)
+    total = report["total"]
+    print(f"load: {total['requests']} requests, {total['failures']} failed, {total['rps']} req/s")
+    for note in (report.get("drill") or {}).get("after", []):
+        print(f"after: {note}")
+
+
+def telemetry_cost(project: Path, out: Path, args: argparse.Namespace) -> None:
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(args.pairs):
+        for telemetry in (True, False) if i % 2 == 0 else (False, True):
+            flag = "--telemetry" if telemetry else "--no-telemetry"
+            report = cli(
+                project, "loadtest", flag, "--duration", f"{args.load_duration}s",
+                "--users", str(args.users), "--processes", "1", "--out", str(out / f"t{i}{flag}"),
+            )  # fmt: skip
+            rates[telemetry].append(float(report["total"]["rps"]))
+    with_t, without = statistics.median(rates[True]), statistics.median(rates[False])
+    print("\n== telemetry cost (generator req/s, alternating runs)")
+    print(f"with telemetry:    {rates[True]} (median {with_t:.1f})")
+    print(f"without telemetry: {rates[False]} (median {without:.1f})")
+    print(f"with / without: {with_t / without:.3f} (cost {100 * (1 - with_t / without):+.1f} %)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=24, help="seconds per drill")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=3, help="telemetry on/off pairs")
+    parser.add_argument("--load-duration", type=int, default=15, help="seconds per load")
+    parser.add_argument("--keep", type=Path, help="keep the project and its runs here")
+    args = parser.parse_args()
+    with stack(args.keep) as project:
+        out = project / "bench-runs"
+        cli(project, "replicate", "--replicas", "1", "--sync")
+        show("primary-failover, --sync", drill(project, out / "sync", args, "primary-failover"))
+        cli(project, "replicate", "--async")
+        show("primary-failover, async", drill(project, out / "async", args, "primary-failover"))
+        show("replica-crash", drill(project, out / "replica", args, "replica-crash"))
+        telemetry_cost(project, out, args)
+
+
+if __name__ == "__main__":
+    main()

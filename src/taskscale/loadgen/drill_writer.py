@@ -1,0 +1,182 @@
+"""The drill's writers: Locust users loaded next to the scenario in ``taskscale drill`` only
+(``locust -f SCENARIO,locust_plugin.py,drill_writer.py``); never imported by taskscale.
+
+Each writer runs one cycle per ``1 / $TASKSCALE_DRILL_WRITER_RATE`` seconds, one request of
+every operation type: create a task (with an Idempotency-Key), read one of its own tasks, update
+one, list a page. So every operation type is exercised several times a second, whatever the
+scenario's mix, and the recovery of each can be timed (the plugin counts them in 100 ms
+buckets). Requests time out after ``$TASKSCALE_DRILL_TIMEOUT`` seconds (a frozen service shows
+as failures, not as requests that never end). Names are the scenario's with `` (drill)``.
+
+Every write the server acknowledged goes into ``ledger.LEDGER`` with a digest of what the
+server said it stored (the response is built from the write's ``RETURNING``); taskscale reads
+each task back from the primary after the drill (RPO). A write without a definite answer (a
+5xx, a broken connection) may have committed: its content is recorded as possible, not as
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import time
+import uuid
+from typing import Any
+
+from locust import FastHttpUser, constant_pacing, task
+
+from taskscale.loadgen.channel import (
+    DRILL_SUFFIX,
+    DRILL_TIMEOUT_ENV,
+    DRILL_WRITER_RATE_ENV,
+    DRILL_WRITERS_ENV,
+    SETUP_SUFFIX,
+)
+from taskscale.loadgen.ledger import LEDGER, digest
+
+STATUSES = ("pending", "in_progress", "done")
+SETUP = " " + SETUP_SUFFIX
+# Reads pick a task acknowledged at least this long ago (a fresh task may still be on its way
+# to a standby: that is replication lag, which telemetry shows, not an outage).
+READ_AGE_S = 1.0
+KEEP_RECENT = 200
+
+
+def _float_env(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+class DrillWriter(FastHttpUser):
+    # Exactly this many writers, whatever --users says (they are part of it).
+    fixed_count = max(int(_float_env(DRILL_WRITERS_ENV, 1)), 1)
+    wait_time = constant_pacing(1.0 / max(_float_env(DRILL_WRITER_RATE_ENV, 10.0), 0.1))
+    network_timeout = _float_env(DRILL_TIMEOUT_ENV, 5.0)
+    connection_timeout = _float_env(DRILL_TIMEOUT_ENV, 5.0)
+    # The plugin leaves a drill writer's pace alone under --rate.
+    taskscale_drill_writer = True
+
+    def on_start(self) -> None:
+        self.auth: dict[str, str] = {}
+        self.account: dict[str, str] | None = None
+        self.refresh_at = float("inf")
+        # (acknowledged at, id, title, description) of this writer's tasks, newest last.
+        self.mine: list[tuple[float, int, str, str | None]] = []
+        with self.client.get(
+            "/tasks/?limit=1", name="GET /tasks/" + SETUP, catch_response=True
+        ) as probe:
+            if probe.status_code == 401:
+                probe.success()
+                self.account = {
+                    "username": f"drill-{uuid.uuid4().hex[:12]}@example.com",
+                    "password": secrets.token_urlsafe(16),
+                }
+                body = {"email": self.account["username"], "password": self.account["password"]}
+                self.client.post("/auth/register", json=body, name="POST /auth/register" + SETUP)
+                self.log_in()
+
+    def log_in(self) -> None:
+        assert self.account is not None
+        response = self.client.post(
+            "/auth/token", data=self.account, name="POST /auth/token" + SETUP
+        )
+        if response.status_code == 200:
+            token = response.json()
+            self.auth = {"Authorization": f"Bearer {token['access_token']}"}
+            self.refresh_at = time.monotonic() + 0.8 * float(token["expires_in"])
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        if self.account is not None and (time.monotonic() >= self.refresh_at or not self.auth):
+            self.log_in()
+        return {**self.auth, **extra} if extra else self.auth
+
+    @task
+    def cycle(self) -> None:
+        self.create()
+        self.read()
+        self.update()
+        self.list_page()
+
+    def create(self) -> None:
+        title = f"drill {uuid.uuid4().hex[:16]}"
+        description = f"written by taskscale drill at {time.time():.3f}"
+        body = {"title": title, "description": description, "status": "pending"}
+        headers = self.headers({"Idempotency-Key": uuid.uuid4().hex})
+        with self.client.post(
+            "/tasks/",
+            json=body,
+            headers=headers,
+            name="POST /tasks/" + DRILL_SUFFIX,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"HTTP {response.status_code}")
+                return
+            stored = _task(response)
+            if stored is None:
+                response.failure("no task in the answer")
+                return
+            LEDGER.acked(int(stored["id"]), _content(stored))
+            self.mine.append(
+                (
+                    time.monotonic(),
+                    int(stored["id"]),
+                    str(stored["title"]),
+                    stored.get("description"),
+                )
+            )
+            del self.mine[:-KEEP_RECENT]
+
+    def _pick(self) -> tuple[float, int, str, str | None] | None:
+        ready = [item for item in self.mine if time.monotonic() - item[0] >= READ_AGE_S]
+        return random.choice(ready) if ready else None
+
+    def read(self) -> None:
+        picked = self._pick()
+        if picked is not None:
+            self.client.get(
+                f"/tasks/{picked[1]}", headers=self.headers(), name="GET /tasks/{id}" + DRILL_SUFFIX
+            )
+
+    def update(self) -> None:
+        picked = self._pick()
+        if picked is None:
+            return
+        _, task_id, title, description = picked
+        status = random.choice(STATUSES)
+        with self.client.patch(
+            f"/tasks/{task_id}",
+            json={"status": status},
+            headers=self.headers(),
+            name="PATCH /tasks/{id}" + DRILL_SUFFIX,
+            catch_response=True,
+        ) as response:
+            code = response.status_code or 0
+            stored = _task(response) if code == 200 else None
+            if stored is not None:
+                LEDGER.acked(task_id, _content(stored))
+                return
+            response.failure(f"HTTP {code}" if code else "no answer")
+            if code == 0 or code >= 500:
+                # No definite answer: the update may have committed.
+                LEDGER.uncertain(task_id, digest(title, description, status))
+
+    def list_page(self) -> None:
+        self.client.get(
+            "/tasks/?limit=20", headers=self.headers(), name="GET /tasks/" + DRILL_SUFFIX
+        )
+
+
+def _task(response: Any) -> dict[str, Any] | None:
+    try:
+        data = response.json()
+    except ValueError:  # a body that is not JSON: a failed write
+        return None
+    return data if isinstance(data, dict) and "id" in data and "title" in data else None
+
+
+def _content(stored: dict[str, Any]) -> str:
+    return digest(str(stored["title"]), stored.get("description"), str(stored.get("status", "")))

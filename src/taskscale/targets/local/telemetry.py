@@ -1,0 +1,179 @@
+"""Telemetry of the local stack: what each process reports, read from this machine.
+
+- Each app replica's ``/metrics`` on its own port (nginx refuses ``/metrics``; a scrape from
+  loopback carries no X-Forwarded-For, so the replica answers), in parallel, 0.5 s each.
+- The worker's ``/metrics`` when it serves one (its port from the service record).
+- ``pg_stat_replication`` on the primary over one kept superuser connection (unix socket):
+  lag per standby in bytes and seconds, by node name (each standby's application_name).
+- CPU per service from ``psutil``: the service's process and its children (PostgreSQL's
+  backends, nginx's workers), percent of one core since the last sample.
+
+Nothing here goes through nginx, so a load test's request count still equals nginx's access
+log. One sample costs a few milliseconds of this process's CPU plus one small query per
+replica per second (the app's backlog gauge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from taskscale.replication import sql
+from taskscale.targets.capabilities import TelemetrySource
+from taskscale.targets.local import probes
+from taskscale.targets.local.state import ServiceRecord
+from taskscale.targets.local.supervisor import Supervisor
+from taskscale.targets.local.topology import Nodes, Topology
+from taskscale.targets.telemetry import (
+    ReplicaReading,
+    StandbyLag,
+    TelemetrySample,
+    replica_reading,
+    worker_reading,
+)
+
+if TYPE_CHECKING:
+    from taskscale.config import Project
+
+SCRAPE_TIMEOUT_S = 0.5
+TREE_REFRESH_S = 5.0
+PG_TIMEOUT_MS = 500
+
+
+class LocalTelemetry(TelemetrySource):
+    def __init__(self, project: Project, supervisor: Supervisor, nodes: Nodes) -> None:
+        self.project = project
+        self.supervisor = supervisor
+        self.nodes = nodes
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="telemetry")
+        self._conn: Any = None
+        self._conn_node: str | None = None
+        self._trees: dict[str, list[psutil.Process]] = {}
+        self._roots: dict[str, int] = {}
+        self._trees_at = 0.0
+
+    def sample(self) -> TelemetrySample:
+        at = time.time()
+        state = self.supervisor.load()
+        live = [r for r in state.services.values() if self.supervisor.alive(r)]
+        notes: list[str] = []
+        apps = sorted((r for r in live if r.kind == "app"), key=lambda r: (r.name, r.started_at))
+        worker = next((r for r in live if r.kind == "worker"), None)
+        jobs = {self._pool.submit(self._scrape, r.port): r for r in apps if r.port is not None}
+        worker_job = (
+            self._pool.submit(self._scrape, worker.port)
+            if worker is not None and worker.port is not None
+            else None
+        )
+        standbys = self._lags(notes)
+        cpu = self._cpu(live)
+        replicas: list[ReplicaReading] = []
+        prefix = self.project.config.project.name
+        for job, record in jobs.items():
+            text = job.result()
+            if text is None:
+                notes.append(f"{record.name} did not answer /metrics")
+                continue
+            replicas.append(replica_reading(f"{prefix}-{record.name}", text))
+        worker_text = worker_job.result() if worker_job is not None else None
+        return TelemetrySample(
+            at=at,
+            replicas=replicas,
+            standbys=standbys,
+            worker=worker_reading(worker_text) if worker_text is not None else None,
+            cpu_percent=cpu,
+            notes=notes,
+        )
+
+    @staticmethod
+    def _scrape(port: int) -> str | None:
+        try:
+            response = probes.get("/metrics", port=port, timeout=SCRAPE_TIMEOUT_S)
+        except (OSError, http.client.HTTPException):
+            return None
+        return response.text if response.status == 200 else None
+
+    # ------------------------------------------------------------------ PostgreSQL
+
+    def _lags(self, notes: list[str]) -> list[StandbyLag]:
+        if not Topology.exists(self.project.state_dir):
+            return []
+        import psycopg
+
+        primary = self.nodes.primary_name()
+        try:
+            if self._conn is None or self._conn.closed or self._conn_node != primary:
+                self._close_conn()
+                self._conn = self.nodes.node(primary).connect(timeout=1)
+                self._conn.execute(f"SET statement_timeout = {PG_TIMEOUT_MS}")
+                self._conn_node = primary
+            senders = sql.wal_senders(self._conn)
+        except psycopg.Error:
+            self._close_conn()
+            notes.append(f"the primary {primary} did not answer pg_stat_replication")
+            return []
+        return [StandbyLag(s.application_name, s.lag_bytes, s.replay_lag_seconds) for s in senders]
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    # ------------------------------------------------------------------ CPU
+
+    def _cpu(self, records: list[ServiceRecord]) -> dict[str, float]:
+        """Percent of one core per service since the previous sample (its process tree).
+
+        Finding children means reading every process's parent on the system (~20 ms), so the
+        trees are found again only every ``TREE_REFRESH_S`` or when a service's pid changed;
+        in between, each known process costs one read of its /proc stat file."""
+        roots = {record.name: record.pid for record in records}
+        now = time.monotonic()
+        if roots != self._roots or now - self._trees_at > TREE_REFRESH_S:
+            self._refresh_trees(roots)
+            self._trees_at = now
+        usage: dict[str, float] = {}
+        for name, tree in self._trees.items():
+            total = 0.0
+            for process in tree:
+                try:
+                    total += process.cpu_percent(None)
+                except psutil.Error:
+                    continue
+            usage[name] = round(total, 1)
+        return usage
+
+    def _refresh_trees(self, roots: dict[str, int]) -> None:
+        children: dict[int, list[int]] = {}
+        for process in psutil.process_iter(["ppid"]):
+            children.setdefault(process.info["ppid"], []).append(process.pid)
+        known = {p.pid: p for tree in self._trees.values() for p in tree}
+        self._trees = {}
+        for name, root in roots.items():
+            pids, queue = [], [root]
+            while queue:
+                pid = queue.pop()
+                pids.append(pid)
+                queue.extend(children.get(pid, []))
+            tree = []
+            for pid in pids:
+                found = known.get(pid)
+                if found is None:
+                    try:
+                        found = psutil.Process(pid)
+                        found.cpu_percent(None)  # the first reading primes the next one
+                    except psutil.Error:
+                        continue
+                tree.append(found)
+            self._trees[name] = tree
+        self._roots = dict(roots)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close_conn()

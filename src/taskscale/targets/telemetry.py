@@ -1,0 +1,170 @@
+"""What a target's telemetry reads, once per sample: the typed reading and how it is read.
+
+A ``TelemetrySample`` holds raw values as the servers report them: cumulative counters (requests
+served, cache lookups) and gauges (pool in use, backlog, replication lag, CPU). Turning counters
+into rates is the sampler's job (``loadtest.telemetry``), so a target only reads.
+
+The app's and the worker's ``/metrics`` are Prometheus text; ``parse_prometheus`` reads the
+samples (name, labels, value) without the ``prometheus_client`` package (an app extra, not a
+taskscale dependency), and ``replica_reading`` / ``worker_reading`` pick the series the
+generated app exports (``templates/project/app/core/metrics.py``; docs/loadtest.md lists them).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+# Requests to these routes are the probes' and the scrapers' own, not load.
+NOT_LOAD_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
+
+# The app's series (generated app/core/metrics.py).
+HTTP_REQUESTS = "http_requests_total"
+CACHE_REQUESTS = "cache_requests_total"
+CACHE_HITS = frozenset({"hit_local", "hit_redis"})
+POOL_IN_USE = "db_pool_connections_in_use"
+OUTBOX_BACKLOG = "outbox_backlog"
+APP_SERIES = (HTTP_REQUESTS + "{", CACHE_REQUESTS + "{", POOL_IN_USE + "{", OUTBOX_BACKLOG + " ")
+# The worker's series, by what they mean; the first name found is used.
+WORKER_SERIES: dict[str, tuple[str, ...]] = {
+    "processed": ("worker_events_processed_total", "worker_processed_total"),
+    "failed": ("worker_events_failed_total", "worker_failed_total"),
+    "dead_lettered": ("worker_events_dead_lettered_total", "worker_dead_lettered_total"),
+    "outbox_backlog": ("outbox_backlog", "worker_outbox_backlog"),
+    "oldest_unpublished_s": (
+        "outbox_oldest_unpublished_age_seconds",
+        "outbox_oldest_unpublished_seconds",
+    ),
+    "consumer_lag": ("worker_consumer_lag", "consumer_lag", "worker_consumer_lag_events"),
+}
+
+
+@dataclass(frozen=True)
+class ReplicaReading:
+    """One app replica's /metrics: cumulative counters and gauges (None: not exported)."""
+
+    name: str  # the replica's instance id (INSTANCE_ID) or, failing that, its service name
+    requests_total: float | None = None
+    cache_hits_total: float | None = None
+    cache_lookups_total: float | None = None
+    pool_in_use: float | None = None
+    outbox_backlog: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerReading:
+    processed_total: float | None = None
+    failed_total: float | None = None
+    dead_lettered_total: float | None = None
+    outbox_backlog: float | None = None
+    oldest_unpublished_s: float | None = None
+    consumer_lag: float | None = None
+
+
+@dataclass(frozen=True)
+class StandbyLag:
+    """One standby as the primary's ``pg_stat_replication`` shows it."""
+
+    name: str
+    lag_bytes: int | None
+    lag_seconds: float | None
+
+
+@dataclass
+class TelemetrySample:
+    at: float  # epoch seconds when the reading started
+    replicas: list[ReplicaReading] = field(default_factory=list)
+    standbys: list[StandbyLag] = field(default_factory=list)
+    worker: WorkerReading | None = None
+    # Percent of one core per service (100 = one core busy); a process tree or a container.
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    # What could not be read this time (a replica that did not answer, no primary).
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PromSample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str, names: Iterable[str] | None = None) -> list[PromSample]:
+    """The samples of a Prometheus text exposition (comments and bad lines skipped); only the
+    series in ``names`` when given (a cheap prefix test skips the rest, e.g. histograms)."""
+    prefixes = tuple(names) if names is not None else ("",)
+    samples = []
+    for line in text.splitlines():
+        if not line.startswith(prefixes) or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group(4))
+        except ValueError:
+            continue
+        if math.isnan(value):
+            continue
+        labels = {k: v.replace('\\"', '"') for k, v in _LABEL.findall(match.group(3) or "")}
+        samples.append(PromSample(match.group(1), labels, value))
+    return samples
+
+
+def _sum(samples: Iterable[PromSample], name: str, **where: str) -> float | None:
+    values = [
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in where.items())
+    ]
+    return sum(values) if values else None
+
+
+def replica_reading(name: str, text: str) -> ReplicaReading:
+    """What the generated app's /metrics says about load, the cache, the pool and the outbox."""
+    samples = parse_prometheus(text, APP_SERIES)
+    requests = [
+        s.value
+        for s in samples
+        if s.name == HTTP_REQUESTS and s.labels.get("route") not in NOT_LOAD_ROUTES
+    ]
+    lookups = [s for s in samples if s.name == CACHE_REQUESTS]
+    hits = [s.value for s in lookups if s.labels.get("result") in CACHE_HITS]
+    return ReplicaReading(
+        name=name,
+        requests_total=sum(requests)
+        if requests
+        else (0.0 if _has(samples, HTTP_REQUESTS) else None),
+        cache_hits_total=sum(hits) if lookups else None,
+        cache_lookups_total=sum(s.value for s in lookups) if lookups else None,
+        pool_in_use=_sum(samples, POOL_IN_USE),
+        outbox_backlog=_sum(samples, OUTBOX_BACKLOG),
+    )
+
+
+def _has(samples: list[PromSample], name: str) -> bool:
+    return any(s.name == name for s in samples)
+
+
+def worker_reading(text: str) -> WorkerReading:
+    """The worker's /metrics: events processed, failed, dead-lettered, the outbox and the lag."""
+    samples = parse_prometheus(text, [n for names in WORKER_SERIES.values() for n in names])
+    found: dict[str, float | None] = {}
+    for field_name, names in WORKER_SERIES.items():
+        found[field_name] = next(
+            (value for value in (_sum(samples, n) for n in names) if value is not None), None
+        )
+    return WorkerReading(
+        processed_total=found["processed"],
+        failed_total=found["failed"],
+        dead_lettered_total=found["dead_lettered"],
+        outbox_backlog=found["outbox_backlog"],
+        oldest_unpublished_s=found["oldest_unpublished_s"],
+        consumer_lag=found["consumer_lag"],
+    )
