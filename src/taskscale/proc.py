@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -116,6 +117,37 @@ class Started:
             ) from exc
         return _completed(self.args, self._popen.returncode, stdout, stderr, check=check)
 
+    def exchange(self, line: str, timeout: float) -> str:
+        """Write one line to the process's stdin and read one line of its stdout, within
+        ``timeout`` (a process that serves requests, e.g. the replica launcher serving the
+        supervisor). ``CommandFailed`` when it does not answer in time or has exited."""
+        stdin, stdout = self._popen.stdin, self._popen.stdout
+        if stdin is None or stdout is None:
+            raise CommandFailed(f"no pipes to {_display(self.args)}")
+        try:
+            stdin.write(line.rstrip("\n") + "\n")
+            stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise CommandFailed(f"exited: {_display(self.args)}") from exc
+        deadline = min(time.monotonic() + timeout, self._deadline)
+        fd = stdout.fileno()
+        data = b""
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandFailed(f"no answer within {timeout:g}s: {_display(self.args)}")
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise CommandFailed(f"exited: {_display(self.args)}")
+            data += chunk
+        return data.decode(errors="replace")
+
+    def running(self) -> bool:
+        return not self._done and self._popen.poll() is None and time.monotonic() < self._deadline
+
     def cancel(self) -> None:
         """Kill the process (if still running) and reap it."""
         self._done = True
@@ -206,6 +238,34 @@ def spawn(
 # Popen objects of children we spawned in this process, so they can be reaped (no zombies
 # that would look alive to pid checks).
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def reap_children() -> dict[int, int]:
+    """Reap every child of this process that has exited (orphans adopted by a subreaper
+    included): pid -> exit code, negative for the signal that ended it (as ``Popen``)."""
+    reaped: dict[int, int] = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped[pid] = os.waitstatus_to_exitcode(status)
+        _children.pop(pid, None)
+    return reaped
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit 1``, ``SIGKILL``..., or ``unknown`` (the process was not our child)."""
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
 
 
 def pid_alive(pid: int) -> bool:

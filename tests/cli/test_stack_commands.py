@@ -101,3 +101,36 @@ def test_logs_of_a_stack_that_is_not_running(run_cli: CliRunner, mini_project: P
     line = one_error_line(result.stderr)
     assert "the stack is not running" in line and str(logs) in line
     assert result.stdout == ""
+
+
+def test_status_shows_a_crash_loop_with_its_restarts_last_exit_and_log(
+    run_cli: CliRunner, mini_project: Path
+) -> None:
+    """What the supervisor left in state.json after giving up, as `status` renders it (no
+    process runs: every recorded pid is dead, so no probe is made)."""
+    logs = mini_project / ".taskscale" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "worker.log").write_text("Traceback ...\nRuntimeError: broken worker\n")
+    state = StackState()
+    state.add(
+        ServiceRecord(
+            "worker", "worker", dead_pid(), None, str(logs / "worker.log"), ["w"],
+            restarts=5, last_exit="exit 1", crash_loop=True,
+        )
+    )  # fmt: skip
+    state.add(ServiceRecord("redis", "redis", dead_pid(), 1, str(logs / "r.log"), ["r"]))
+    StateFile(mini_project / ".taskscale").save(state)
+    result = run_cli("status", "--json", "--project", str(mini_project))
+    rows = {s["name"]: s for s in json.loads(result.stdout)["services"]}
+    assert (rows["worker"]["state"], rows["worker"]["restarts"], rows["worker"]["last_exit"]) == (
+        "crash-loop",
+        5,
+        "exit 1",
+    )
+    assert rows["redis"]["state"] == "dead"  # no supervisor runs: nothing restarts it
+    human = run_cli("status", "--project", str(mini_project))
+    assert human.exit_code == 0
+    assert "5 (last: exit 1)" in human.stdout
+    assert "worker is in a crash loop" in human.stderr
+    assert "RuntimeError: broken worker" in human.stdout
+    assert "no supervisor process" in human.stderr

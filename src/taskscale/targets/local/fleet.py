@@ -47,6 +47,12 @@ def other(slot: Slot) -> Slot:
     return "green" if slot == "blue" else "blue"
 
 
+def current_slot(state: StackState) -> Slot:
+    """The slot the replicas run in: green only when every replica is green."""
+    apps = state.of_kind("app")
+    return "green" if apps and all(r.slot == "green" for r in apps) else "blue"
+
+
 class Fleet:
     """Starts, scales, rolls out and retires the app replicas and the worker."""
 
@@ -70,8 +76,7 @@ class Fleet:
 
     def slot(self, state: StackState) -> Slot:
         """The slot the replicas run in: green only when every replica is green."""
-        apps = state.of_kind("app")
-        return "green" if apps and all(r.slot == "green" for r in apps) else "blue"
+        return current_slot(state)
 
     def port(self, name: str, slot: Slot) -> int:
         offset = slot_offset(slot, self.config.stack.max_replicas)

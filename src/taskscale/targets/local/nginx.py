@@ -95,6 +95,12 @@ def render_config(
     ``green_ports`` (dynamic mode) adds a second set of groups ``appgK`` over the "green" replica
     ports: a rollout starts the new replicas there and flips the key from ``K`` to ``gK`` (or
     back), so no request is ever routed to a replica that is being replaced.
+
+    Every dynamic group has a twin (``appKx``, ``appgKx``): the same servers with passive-check
+    state of its own. Once the supervisor has restarted a replica and it is ready, it flips the
+    key to the twin (``switch_twin``), whose state has not marked that replica failed, so it
+    gets requests at once instead of after nginx's ``fail_timeout`` window (1-2 s: nginx
+    counts it in whole seconds).
     """
     if not upstream_ports:
         raise ValueError("nginx needs at least one upstream server")
@@ -104,6 +110,7 @@ def render_config(
         groups = [(f"app{k}", upstream_ports[:k]) for k in range(1, len(upstream_ports) + 1)]
         green = green_ports or []
         groups += [(f"appg{k}", green[:k]) for k in range(1, len(green) + 1)]
+        groups += [(f"{name}{TWIN}", ports) for name, ports in groups]
     upstreams = "\n".join(_upstream(name, ports) for name, ports in groups)
     user_line = f"user {worker_user};\n" if worker_user else ""
     temp = layout.temp
@@ -128,7 +135,7 @@ def render_config(
     server {{
         listen unix:{control_socket};
         access_log off;
-        location ~ "^/replicas/(g?[0-9]+)$" {{
+        location ~ "^/replicas/(g?[0-9]+{TWIN}?)$" {{
             set $taskscale_replicas $1;
             return 200 "$taskscale_replicas\\n";
         }}
@@ -217,9 +224,19 @@ http {{
 """
 
 
+# The suffix of the twin upstream groups (see render_config).
+TWIN = "x"
+# Passive health checks: 3 failures within FAIL_TIMEOUT take a replica out for FAIL_TIMEOUT.
+# One second (nginx counts whole seconds): a replica the supervisor restarted gets traffic
+# again at most a second after it is ready. A dead replica costs one refused connect per
+# second per nginx worker, retried on the next replica at once.
+FAIL_TIMEOUT = "1s"
+
+
 def _upstream(name: str, ports: list[int]) -> str:
     servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=5s;" for port in ports
+        f"        server 127.0.0.1:{port} max_fails=3 fail_timeout={FAIL_TIMEOUT};"
+        for port in ports
     )
     return f"""\
     upstream {name} {{
@@ -246,10 +263,15 @@ def _control_get(control_socket: Path, path: str) -> probes.Response:
     return probes.get(path, unix_socket=os.fspath(control_socket), timeout=2.0)
 
 
-def set_replicas(control_socket: Path, replicas: int, *, green: bool = False) -> None:
+def set_replicas(
+    control_socket: Path, replicas: int, *, green: bool = False, twin: bool = False
+) -> None:
     """Route new requests to the first ``replicas`` replicas of the blue (default) or green
-    set (takes effect at once)."""
-    value = f"g{replicas}" if green else str(replicas)
+    set (takes effect at once), through the twin group when ``twin``."""
+    _set(control_socket, f"{'g' if green else ''}{replicas}{TWIN if twin else ''}")
+
+
+def _set(control_socket: Path, value: str) -> None:
     try:
         response = _control_get(control_socket, f"/replicas/{value}")
     except (OSError, http.client.HTTPException) as exc:
@@ -258,14 +280,32 @@ def set_replicas(control_socket: Path, replicas: int, *, green: bool = False) ->
         raise CommandFailed(f"nginx did not accept replicas={value} (HTTP {response.status})")
 
 
-def routed_replicas(control_socket: Path) -> int | None:
-    """The replica count nginx routes to (0: not set yet), or None when nginx does not answer."""
+def _routing(control_socket: Path) -> str | None:
+    """The key as nginx holds it ("3", "g3", "3x"...; "" before it is set), None when nginx
+    does not answer."""
     try:
-        text = _control_get(control_socket, "/replicas").text.strip()
+        return _control_get(control_socket, "/replicas").text.strip()
     except (OSError, http.client.HTTPException):
         return None
-    text = text.removeprefix("g")
+
+
+def routed_replicas(control_socket: Path) -> int | None:
+    """The replica count nginx routes to (0: not set yet), or None when nginx does not answer."""
+    text = _routing(control_socket)
+    if text is None:
+        return None
+    text = text.removeprefix("g").removesuffix(TWIN)
     return int(text) if text.isdigit() else 0
+
+
+def switch_twin(control_socket: Path) -> bool:
+    """Route the same replicas through the other twin group (fresh passive-check state); False
+    when nginx does not answer or routes nothing yet."""
+    current = _routing(control_socket)
+    if not current:
+        return False
+    _set(control_socket, current.removesuffix(TWIN) if current.endswith(TWIN) else current + TWIN)
+    return True
 
 
 def argv(binary: Path, layout: NginxLayout) -> list[str]:

@@ -77,6 +77,29 @@ log_line_prefix = '%m [%p] %q%u@%d '
 """
 
 
+def remove_stale_lock_files(argv: list[str], socket_dir: Path, port: int, dead_pid: int) -> int:
+    """Before the supervisor process starts a killed postmaster again: ``postmaster.pid`` and
+    the socket's ``.s.PGSQL.<port>.lock`` name the dead pid, and while init has not reaped
+    that zombie PostgreSQL takes it for a running postmaster and refuses to start ("lock file
+    already exists"). Each is removed only when it names ``dead_pid``, after the dead
+    postmaster's backends were killed with its process group (so nothing still uses its shared
+    memory). How many were removed."""
+    try:
+        data_dir = Path(argv[argv.index("-D") + 1])
+    except (ValueError, IndexError):
+        return 0
+    removed = 0
+    for lock in (data_dir / "postmaster.pid", socket_dir / f".s.PGSQL.{port}.lock"):
+        try:
+            recorded = int(lock.read_text(encoding="ascii", errors="replace").split()[0])
+        except (ValueError, IndexError, OSError):
+            continue
+        if recorded == dead_pid:
+            lock.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class LocalPostgres:
     """One PostgreSQL cluster: ``<state>/postgres/data`` for the primary."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,8 @@ _LAUNCHER = r"""
 import gc
 gc.disable()
 import importlib, json, os, sys
-for name in sys.argv[1:]:
+serve = sys.argv[1:2] == ["--serve"]
+for name in sys.argv[2 if serve else 1:]:
     module, _, attr = name.partition(":")
     try:
         loaded = importlib.import_module(module)
@@ -89,6 +91,72 @@ for name in sys.argv[1:]:
             importlib.import_module(module + "." + attr)
     except Exception:
         pass
+
+def become(child):
+    code = 1
+    try:
+        gc.enable()
+        os.setsid()
+        log = os.open(child["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(child["env"])
+        sys.argv = child["argv"]
+        from uvicorn.main import main
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+def orphan(child):
+    # Serve mode: the replica must not stay our child (we would have to reap it); an
+    # intermediate child forks it and exits, so it is adopted by the nearest subreaper (the
+    # supervisor that runs us), which learns how it ends.
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        os.close(r)
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            become(child)
+        os.write(w, str(pid).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 64)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(middle, 0)
+    return int(data)
+
+if serve:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    gc.freeze()
+    for line in sys.stdin:
+        pids = [orphan(child) for child in json.loads(line)["children"]]
+        sys.stdout.write(json.dumps(pids) + "\n")
+        sys.stdout.flush()
+    os._exit(0)
 data = sys.stdin.read()
 if not data.strip():
     os._exit(0)  # nothing to start (the up failed or needed no launcher after all)
@@ -98,35 +166,7 @@ pids = []
 for child in spec["children"]:
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            gc.enable()
-            os.setsid()
-            log = os.open(child["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            os.close(log)
-            os.close(null)
-            os.environ.clear()
-            os.environ.update(child["env"])
-            sys.argv = child["argv"]
-            from uvicorn.main import main
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 0
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+        become(child)
     pids.append(pid)
 sys.stdout.write(json.dumps(pids))
 sys.stdout.flush()
@@ -177,12 +217,54 @@ class Launcher:
         self._started.__exit__(*exc_info)
 
 
+def preloaded_modules(cwd: Path) -> list[str]:
+    return [*UVICORN_MODULES, *app_imports(cwd / "app"), *FRAMEWORK_LAZY_MODULES]
+
+
 def start_launcher(python: str, cwd: Path, timeout: float) -> Launcher:
     """Start the launcher in ``cwd`` (the project root); it imports uvicorn's and the app's
     third-party modules at once, then waits for ``Launcher.fork``. ``timeout`` bounds its
     whole life, imports included."""
-    modules = [*UVICORN_MODULES, *app_imports(cwd / "app"), *FRAMEWORK_LAZY_MODULES]
-    return Launcher(proc.start([python, "-c", _LAUNCHER, *modules], cwd=cwd, timeout=timeout))
+    argv = [python, "-c", _LAUNCHER, *preloaded_modules(cwd)]
+    return Launcher(proc.start(argv, cwd=cwd, timeout=timeout))
+
+
+class Zygote:
+    """A launcher that stays: it imports the libraries once, then forks one replica whenever
+    asked, for as long as ``lifetime`` (the supervisor process restarts crashed replicas from
+    it: ready in 0.3-0.7 s instead of 2-3 s for a fresh interpreter on 2 cores).
+
+    Each replica is forked through an intermediate process that exits at once, so it is not
+    the zygote's child but is adopted by the supervisor (a subreaper), which reaps it and
+    reports how it ended. The zygote exits when its stdin closes (the supervisor died)."""
+
+    def __init__(self, python: str, cwd: Path, lifetime: float) -> None:
+        argv = [python, "-c", _LAUNCHER, "--serve", *preloaded_modules(cwd)]
+        self._started = proc.start(argv, cwd=cwd, timeout=lifetime)
+        self.born = time.monotonic()
+        self.lifetime = lifetime
+
+    @property
+    def pid(self) -> int:
+        return self._started.pid
+
+    def usable(self, margin: float) -> bool:
+        """Running, with at least ``margin`` seconds of its lifetime left."""
+        return self._started.running() and time.monotonic() - self.born < self.lifetime - margin
+
+    def fork(self, replica: ReplicaSpec, timeout: float) -> int:
+        """Start one replica; its pid. ``timeout`` covers the imports of a young zygote."""
+        replica.log.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "children": [{"log": os.fspath(replica.log), "env": replica.env, "argv": replica.argv}]
+        }
+        answer = json.loads(self._started.exchange(json.dumps(payload), timeout))
+        if not isinstance(answer, list) or len(answer) != 1:
+            raise ValueError(f"the zygote answered {answer!r}")
+        return int(answer[0])
+
+    def close(self) -> None:
+        self._started.cancel()
 
 
 def fork_replicas(python: str, cwd: Path, replicas: list[ReplicaSpec], timeout: float) -> list[int]:

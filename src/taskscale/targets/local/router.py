@@ -21,6 +21,8 @@ from taskscale.targets.local.supervisor import ProcessSpec, Run, Supervisor
 from taskscale.targets.model import Slot, StepCallback
 
 NAME = "nginx"
+# How long the supervisor process waits for a restarted nginx's control socket.
+RESTART_READY_TIMEOUT = 5.0
 
 
 def slot_offset(slot: Slot, max_replicas: int) -> int:
@@ -50,7 +52,7 @@ class NginxRouter(Router):
 
     @property
     def control_socket(self) -> Path:
-        return runtime_dir(self.state_dir) / "nginx.sock"
+        return control_socket(self.state_dir)
 
     def route(self, run: Run, replicas: int, slot: Slot, on_step: StepCallback) -> bool:
         cfg = self.config
@@ -105,3 +107,38 @@ class NginxRouter(Router):
         if record is None or not self.supervisor.alive(record) or not control.exists():
             return None
         return nginx.routed_replicas(control)
+
+
+def control_socket(state_dir: Path) -> Path:
+    return runtime_dir(state_dir) / "nginx.sock"
+
+
+def before_restart(state_dir: Path) -> None:
+    """A killed nginx leaves its control socket behind; the new one could not bind it."""
+    control_socket(state_dir).unlink(missing_ok=True)
+
+
+def restore_routing(state_dir: Path, binary: Path, replicas: int, slot: Slot) -> bool:
+    """After the supervisor process started nginx again: the replica count and slot lived in
+    nginx's shared memory (keyval) and died with it, so set them again from the recorded
+    replicas (until then every request goes to app-1, the map's default). False for a static
+    nginx, whose config file already names the replicas."""
+    if not nginx.supports_dynamic_upstreams(binary):
+        return False
+    control = control_socket(state_dir)
+    if not proc.poll_until(
+        lambda: nginx.routed_replicas(control) is not None, RESTART_READY_TIMEOUT, max_interval=0.05
+    ):
+        raise ServiceNotReady(
+            f"nginx's control socket did not answer within {RESTART_READY_TIMEOUT:g}s"
+        )
+    nginx.set_replicas(control, replicas, green=slot == "green")
+    return True
+
+
+def forget_failures(state_dir: Path) -> bool:
+    """nginx's passive checks marked a replica failed while it was down; now that it is ready
+    again, route through the twin groups (same replicas, no failure marks) so it gets requests
+    at once. False for a static nginx or one that does not answer."""
+    control = control_socket(state_dir)
+    return control.exists() and nginx.switch_twin(control)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import psutil
 
@@ -30,6 +30,10 @@ STATE_VERSION = 1
 # Allowed difference between the recorded and the current process start time. psutil derives it
 # from the boot time and the process's start tick, so it is stable to well under a second.
 START_TIME_TOLERANCE = 0.5
+# The stack's supervisor process holds the lock for a restart (a spawn, at most nginx's start):
+# a command that finds it holding the lock waits this long instead of failing at once.
+SUPERVISOR_LOCK_WAIT = 30.0
+SUPERVISOR_OWNER = "supervisor"
 
 
 # Unix socket paths are limited to 107 bytes (sun_path); PostgreSQL's adds "/.s.PGSQL.NNNNN".
@@ -76,6 +80,15 @@ class ServiceRecord:
     started_at: float = field(default_factory=time.time)
     proc_start: float | None = None
     slot: Slot | None = None
+    # The restart policy's bookkeeping (written by the stack's supervisor process): restarts so
+    # far, how the last process ended ("exit 1", "SIGKILL", "unknown"), when the recent restarts
+    # happened (the crash-loop window), when a backed-off restart is due, and whether the
+    # supervisor gave up on a crash loop.
+    restarts: int = 0
+    last_exit: str | None = None
+    restart_times: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+    crash_loop: bool = False
 
     @classmethod
     def spawned(
@@ -174,26 +187,89 @@ class StateFile:
         os.replace(tmp, self.path)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold an exclusive lock so two ``up``/``down`` never change the stack at once."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self.state_dir / "lock"
-        with open(lock_path, "a+", encoding="ascii") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
+    def locked(self, owner: str = "") -> Iterator[None]:
+        """Hold an exclusive lock so two ``up``/``down`` never change the stack at once.
+
+        A second command fails at once, naming the holder; when the holder is the stack's
+        supervisor process (``owner`` "supervisor", restarting a crashed service), it waits
+        for it, up to ``SUPERVISOR_LOCK_WAIT``."""
+        with self.try_locked(owner, wait=SUPERVISOR_LOCK_WAIT) as holder:
+            if holder is not None:
                 raise TargetError(
                     f"another taskscale command (pid {holder}) is changing this stack",
                     hint="wait for it to finish, then try again",
-                ) from None
+                )
+            yield
+
+    @contextlib.contextmanager
+    def try_locked(self, owner: str = "", *, wait: float = 0.0) -> Iterator[str | None]:
+        """The lock if it can be had: yields None while holding it, else the holder's pid
+        (the caller goes on without it). Waits up to ``wait`` seconds when the supervisor
+        process holds it."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = self.state_dir / "lock"
+        with open(lock_path, "a+", encoding="ascii") as fh:
+            holder = _holder(fh)
+            if holder is not None and holder.endswith(f" {SUPERVISOR_OWNER}") and wait > 0:
+                if proc.poll_until(lambda: _take(fh), wait, max_interval=0.05):
+                    holder = None
+                else:
+                    holder = _holder(fh) or holder
+            if holder is not None:
+                yield holder.split()[0] if holder.split() else holder
+                return
             try:
                 fh.seek(0)
                 fh.truncate()
-                fh.write(str(os.getpid()))
+                fh.write(f"{os.getpid()} {owner}".strip())
                 fh.flush()
-                yield
+                yield None
             finally:
                 fh.truncate(0)
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _take(fh: IO[str]) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(fh: IO[str]) -> str | None:
+    """None once we hold the lock; else what the holder wrote ("<pid>[ <owner>]")."""
+    if _take(fh):
+        return None
+    fh.seek(0)
+    return fh.read().strip() or "another process"
+
+
+class SpecFiles:
+    """How each recorded service was started (argv, environment, directory), so the stack's
+    supervisor process can start it again: ``.taskscale/specs/<key>.json``, mode 0600 (an
+    environment holds the project's secrets, as ``.env`` does)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "specs"
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.json"
+
+    def save(self, key: str, data: dict[str, Any]) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.dir / f".{key}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, self.path(key))
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def remove(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)

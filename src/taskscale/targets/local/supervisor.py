@@ -8,8 +8,10 @@ command fails, ``Supervisor.session`` stops exactly what that run started.
 The operating system is reached only through a ``ProcessRunner`` (start, check, signal a
 process), modelled on hatch's ``Platform``: the orchestration above (which service starts or
 stops in which order, rollouts, scaling, healing) runs unchanged against a fake runner in fast
-unit tests. A restart policy (restart a crashed service within seconds, back off, give up after
-a crash loop) belongs here too: ``restart`` is its primitive and ``dead`` its input.
+unit tests. The restart policy (``policy``) and the process that applies it between commands
+(``daemon``) build on ``dead``, ``spec`` and ``restart`` here: every spawn records its
+``ProcessSpec`` next to the state (``SpecFiles``), so a crashed service is started again
+exactly as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -30,6 +33,7 @@ from taskscale.targets.local import preload
 from taskscale.targets.local.state import (
     START_TIME_TOLERANCE,
     ServiceRecord,
+    SpecFiles,
     StackState,
     StateFile,
     process_start_time,
@@ -40,27 +44,35 @@ from taskscale.targets.model import ServiceKind, Slot
 GRACEFUL_SHUTDOWN = 10
 # Stop timeouts (seconds) before SIGKILL.
 STOP_TIMEOUT: dict[ServiceKind, float] = {
+    "supervisor": 5.0,
     "lb": 5.0,
     "app": GRACEFUL_SHUTDOWN + 2.0,
     "worker": 10.0,
     "redis": 10.0,
+    "kafka": 10.0,
     "postgres": 30.0,
 }
 # How each kind is asked to stop: SIGINT is PostgreSQL's "fast" shutdown (what pg_ctl -m fast
 # sends): roll back open transactions, checkpoint, exit. SIGTERM to nginx is its fast stop too.
 STOP_SIGNAL: dict[ServiceKind, int] = {
+    "supervisor": signal.SIGTERM,
     "lb": signal.SIGTERM,
     "app": signal.SIGTERM,
     "worker": signal.SIGTERM,
     "redis": signal.SIGTERM,
+    "kafka": signal.SIGTERM,
     "postgres": signal.SIGINT,
 }
-# A stack stops in this order (each stage in parallel): the entry point first, the data last.
+# A stack stops in this order (each stage in parallel): the supervisor first (nothing is
+# restarted while the rest stops), then the entry point, the data last.
 STOP_ORDER: tuple[tuple[ServiceKind, ...], ...] = (
+    ("supervisor",),
     ("lb",),
     ("app", "worker"),
-    ("redis", "postgres"),
+    ("redis", "kafka", "postgres"),
 )
+# Completes a new record before it is saved (``Supervisor.adopt``).
+Amend = Callable[[ServiceRecord], None]
 # Readiness probes are cheap (a refused connect until the service listens): poll often, a late
 # answer costs the whole command.
 READY_POLL = 0.05
@@ -134,6 +146,30 @@ class ProcessSpec:
     cwd: Path | None = None
     slot: Slot | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "argv": self.argv,
+            "port": self.port,
+            "env": self.env,
+            "cwd": os.fspath(self.cwd) if self.cwd is not None else None,
+            "slot": self.slot,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessSpec:
+        cwd = data.get("cwd")
+        return cls(
+            name=str(data["name"]),
+            kind=data["kind"],
+            argv=[str(a) for a in data["argv"]],
+            port=data.get("port"),
+            env=data.get("env"),
+            cwd=Path(cwd) if cwd else None,
+            slot=data.get("slot"),
+        )
+
 
 @dataclass
 class Run:
@@ -144,8 +180,15 @@ class Run:
     state_file: StateFile
     started: list[str] = field(default_factory=list)
 
-    def record(self, record: ServiceRecord) -> None:
-        """Add ``record`` to the state and save it at once (a crash leaves it findable)."""
+    @property
+    def specs(self) -> SpecFiles:
+        return SpecFiles(self.state_file.state_dir)
+
+    def record(self, record: ServiceRecord, spec: ProcessSpec | None = None) -> None:
+        """Add ``record`` (started from ``spec``) to the state and save both at once (a crash
+        leaves it findable, and the supervisor process can start it again)."""
+        if spec is not None:
+            self.specs.save(record.key, spec.to_json())
         self.state.add(record)
         self.started.append(record.key)
         self.state_file.save(self.state)
@@ -156,6 +199,9 @@ class Run:
         gone = {r.key for r in records}
         self.started = [k for k in self.started if k not in gone]
         self.state_file.save(self.state)
+        for key in gone:
+            if key not in self.state.services:
+                self.specs.remove(key)
 
 
 class Supervisor:
@@ -179,6 +225,22 @@ class Supervisor:
     def load(self) -> StackState:
         return self.state_file.load()
 
+    def record_of(self, name: str, state: StackState | None = None) -> ServiceRecord | None:
+        """The record of the service users call ``name`` (``postgres``, ``worker``, ``app-2``
+        in whichever slot it runs; during a rollout, the newest of its two)."""
+        records = [r for r in (state or self.load()).services.values() if r.name == name]
+        return max(records, key=lambda r: r.started_at, default=None)
+
+    def spec(self, record: ServiceRecord) -> ProcessSpec | None:
+        """How ``record`` was started (None for a stack started before specs were kept)."""
+        data = SpecFiles(self.state_file.state_dir).load(record.key)
+        if data is None:
+            return None
+        try:
+            return ProcessSpec.from_json(data)
+        except (KeyError, TypeError, ValueError):
+            return None
+
     @contextlib.contextmanager
     def session(self) -> Iterator[Run]:
         """The stack locked for one command; if the command fails (or is interrupted), what
@@ -193,14 +255,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------ start
 
-    def spawn(self, run: Run, spec: ProcessSpec) -> ServiceRecord:
+    def spawn(self, run: Run, spec: ProcessSpec, amend: Amend | None = None) -> ServiceRecord:
         """Start ``spec`` and record it at once (undone if this run fails)."""
         log = self.log_path(spec.name)
         pid = self.runner.spawn(spec.argv, log_path=log, cwd=spec.cwd, env=spec.env)
-        return self.adopt(run, spec, pid)
+        return self.adopt(run, spec, pid, amend)
 
-    def adopt(self, run: Run, spec: ProcessSpec, pid: int) -> ServiceRecord:
-        """Record a process started for ``spec`` by someone else (the replica launcher)."""
+    def adopt(
+        self, run: Run, spec: ProcessSpec, pid: int, amend: Amend | None = None
+    ) -> ServiceRecord:
+        """Record a process started for ``spec`` by someone else (the replica launcher).
+        ``amend`` completes the record before it is saved (a restart's counters), so nobody
+        reading the state sees it half written."""
         record = ServiceRecord.spawned(
             spec.name,
             spec.kind,
@@ -211,7 +277,9 @@ class Supervisor:
             slot=spec.slot,
             proc_start=self.runner.start_time(pid),
         )
-        run.record(record)
+        if amend is not None:
+            amend(record)
+        run.record(record, spec)
         return record
 
     def wait_ready(self, record: ServiceRecord, check: Callable[[], bool]) -> None:

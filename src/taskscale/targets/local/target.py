@@ -20,9 +20,19 @@ from taskscale.config import Project
 from taskscale.errors import ServiceNotReady, TargetError, UsageError
 from taskscale.targets import ports
 from taskscale.targets.base import Target, validate_replicas
-from taskscale.targets.local import appenv, migrations, postgres, preload, probes, redis
+from taskscale.targets.local import (
+    appenv,
+    daemon,
+    kafka,
+    migrations,
+    postgres,
+    preload,
+    probes,
+    redis,
+)
 from taskscale.targets.local.fleet import Fleet
 from taskscale.targets.local.health import Health, service_order
+from taskscale.targets.local.policy import RestartPolicy
 from taskscale.targets.local.router import NAME as ROUTER_NAME
 from taskscale.targets.local.router import NginxRouter, Router
 from taskscale.targets.local.supervisor import ProcessRunner, ProcessSpec, Run, Supervisor
@@ -145,11 +155,14 @@ class LocalTarget(Target):
         self.nodes.bins()  # every binary is checked before anything starts
         redis_bin = binaries.redis_server()
         binaries.nginx()
+        kafka_bin = binaries.tansu() if self.uses_kafka else None
         if os.geteuid() == 0:
             binaries.unshare()
 
         slot = self.fleet.slot(run.state)
         needed = {cfg.ports.postgres: "postgres", cfg.ports.redis: "redis", cfg.ports.api: "nginx"}
+        if kafka_bin is not None:
+            needed[cfg.ports.kafka] = "kafka"
         needed.update(self.fleet.ports(replicas, slot))
         ours = [r.port for r in run.state.services.values() if r.port is not None]
         ports.check_ports_free(needed, ours)
@@ -174,6 +187,8 @@ class LocalTarget(Target):
                 password=credentials.required("redis_password"),
                 data_dir=self.state_dir / "redis", on_step=on_step,
             )  # fmt: skip
+            if kafka_bin is not None:
+                kafka.ensure(self.supervisor, run, kafka_bin, port=cfg.ports.kafka, on_step=on_step)
             self._migrate(python, primary, credentials.postgres_db, on_step)
             self.fleet.scale(run, python, replicas, on_step, launcher)
         self.fleet.ensure_worker(run, python, on_step)
@@ -191,6 +206,19 @@ class LocalTarget(Target):
             raise ServiceNotReady(
                 "worker exited while starting", detail=proc.file_tail(worker.log_path)
             )
+        # Last: the process that restarts whatever crashes from now on (docs/architecture.md).
+        policy = RestartPolicy.from_config(cfg.restart)
+        spec = ProcessSpec(
+            daemon.NAME,
+            "supervisor",
+            daemon.argv(self.state_dir, python, self.project.root, policy, cfg.stack.ready_timeout),
+        )
+        if daemon.ensure(self.supervisor, run, spec, policy.enabled):
+            on_step("started the supervisor (restarts crashed services)")
+
+    @property
+    def uses_kafka(self) -> bool:
+        return self.config.project.broker == "kafka"
 
     def _ensure_primary(self, run: Run, on_step: StepCallback) -> postgres.LocalPostgres:
         """Start the primary if it is not running and make sure the roles exist; return it."""
