@@ -194,6 +194,8 @@ class Database:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
         self.cache_generation: int | None = None
         self.on_generation: Callable[[int], None] | None = None
         self.checks = 0
@@ -210,10 +212,15 @@ class Database:
         self._monitor = asyncio.create_task(self._run(), name="database-monitor")
 
     async def close(self) -> None:
+        self._closing = True
         if self._monitor is not None:
+            # Python 3.11's wait_for can swallow a cancellation that lands as its inner wait
+            # completes: the loop also checks _closing, and the wait is bounded.
             self._monitor.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._monitor
+            self._wake.set()
+            await asyncio.wait({self._monitor}, timeout=5.0)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
         for conn in self._conns.values():
             with suppress(Exception):
                 await conn.close()
@@ -293,10 +300,12 @@ class Database:
 
     async def _run(self) -> None:
         interval = self.settings.db_health_interval_seconds
-        while True:
+        while not self._closing:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.check()
             except asyncio.CancelledError:
@@ -326,8 +335,18 @@ class Database:
         return bool(row[0]), int(row[1] or 0), int(row[2] or 0)
 
     async def _check_node(self, node: Node) -> tuple[bool, int, int] | None:
+        reused = node.name in self._conns
+        stale = node.down_since is not None  # connections pooled before an outage are dead
         try:
-            result = await self._query(node)
+            try:
+                result = await self._query(node)
+            except psycopg.OperationalError:
+                if not reused:
+                    raise
+                # The monitor's own connection died: the server restarted since the last check.
+                # It answers on a new connection, and the pool's connections are dead too.
+                stale = True
+                result = await self._query(node)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: the node is down
@@ -335,7 +354,18 @@ class Database:
             return None
         in_recovery, lsn, _generation = result
         node.answered(not in_recovery, lsn)
+        if stale:
+            self._renew(node)
         return result
+
+    def _renew(self, node: Node) -> None:
+        """Replace the pooled connections of ``node`` (in the background): after a restart
+        every one of them is broken, and each would cost a request a 503."""
+        for pool in self.pools:
+            if pool.node is node and not pool.closed:
+                task = asyncio.get_running_loop().create_task(pool.drain())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def check(self) -> None:
         """One round: the writer first (its WAL position is the reference), then the others."""
@@ -379,7 +409,7 @@ class Database:
         self.writer = node
         self.primary.node = node
         # Idle connections to the old primary are dead anyway: close them, open new ones.
-        asyncio.get_running_loop().create_task(self.primary.drain())
+        self._renew(node)
 
     def _generation(self, value: int) -> None:
         if value != self.cache_generation:
