@@ -19,6 +19,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -109,6 +110,16 @@ async def maintain_forever(relay: OutboxRelay, broker: Broker, settings: Setting
         with contextlib.suppress(Exception):
             if relay.leader:  # one trimmer is enough
                 await broker.trim()
+
+
+async def heartbeat_forever(path: str, stop: asyncio.Event, interval: float = 5.0) -> None:
+    """Touch ``path`` every ``interval`` s while the worker's loops run (a container healthcheck
+    reads its age: a wedged or dead event loop stops touching it)."""
+    beat = Path(path)
+    while not stop.is_set():
+        await asyncio.to_thread(beat.touch)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 class WorkerState:
@@ -228,7 +239,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             "/readyz": state.readyz,
             "/metrics": state.metrics,
         }
-        server = await httpserver.serve(settings.worker_host, settings.worker_port, routes)
+        try:
+            server = await httpserver.serve(settings.worker_host, settings.worker_port, routes)
+        except OSError as exc:  # the port is taken: serve events all the same, say it once
+            log.warning("worker HTTP port %d unavailable, no probes or /metrics: %s", settings.worker_port, exc)
     # One line says how it starts (a broker or database that does not answer is retried).
     broker_ok = await _bounded(consumer.ping())
     missing = [name for name, ok in (("database", db.primary_up), ("broker", broker_ok)) if not ok]
@@ -245,6 +259,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             group.create_task(relay.run(stop))
             group.create_task(consume_forever(consumer, handler, stop, failing=bool(missing)))
             group.create_task(maintain_forever(relay, publisher, settings, stop))
+            if settings.worker_heartbeat_file:
+                group.create_task(heartbeat_forever(settings.worker_heartbeat_file, stop))
     finally:
         if server is not None:
             server.close()

@@ -500,6 +500,10 @@ class KafkaBroker:
             client_id=self.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # A consumer that died is noticed within 6 s (Kafka's default is 45 s): its
+            # partitions, and the events it had not committed, move to a live consumer sooner.
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
         )
         await consumer.start()
         try:
