@@ -122,6 +122,9 @@ def test_a_kafka_project_gets_the_stacks_broker_not_redis(tmp_path: Path) -> Non
     redis_project = load_project(write_minimal_project(tmp_path / "r"))
     plain = appenv.app_env(redis_project, instance_id="x", database_url="postgresql://x")
     assert plain["BROKER"] == "redis" and "KAFKA_BOOTSTRAP_SERVERS" not in plain
+    # The worker's probes and /metrics: on the project's own port, loopback only.
+    assert plain["WORKER_PORT"] == str(redis_project.config.ports.metrics)
+    assert plain["WORKER_HOST"] == "127.0.0.1"
 
 
 def test_a_missing_tansu_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import socket
+import threading
+import time
+import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from taskscale import binaries
+from taskscale import binaries, proc
 from taskscale.targets.local import nginx
 
 
@@ -22,13 +29,18 @@ def test_upstream_lists_every_replica_with_passive_health_checks(tmp_path: Path)
     assert "keepalive 64;" in text
 
 
-def test_proxy_settings_keep_connections_and_retry_only_idempotent(tmp_path: Path) -> None:
+def test_proxy_settings_keep_connections_and_retry_only_what_is_safe(tmp_path: Path) -> None:
     text = nginx.render_config(_layout(tmp_path), listen_port=8080, upstream_ports=[8100])
-    assert "proxy_http_version 1.1;" in text
-    assert 'proxy_set_header Connection "";' in text
-    assert "proxy_next_upstream error timeout http_502 http_503;" in text
-    # POSTs must never be replayed by nginx.
-    assert "non_idempotent" not in text.replace("(no `non_idempotent`)", "")
+    assert text.count("proxy_http_version 1.1;") == 2
+    assert text.count('proxy_set_header Connection "";') == 2
+    main, retry_safe = text.split("location @retry_safe {")
+    location = main[main.index("location / {") :]
+    assert "proxy_next_upstream error timeout http_502 http_503;" in location
+    # A POST or PATCH without an Idempotency-Key must never be replayed by nginx.
+    assert "non_idempotent" not in location
+    assert '"~^(POST|PATCH):." 1;' in text and "return 418;" in location
+    assert "proxy_next_upstream error timeout http_502 http_503 non_idempotent;" in retry_safe
+    assert "proxy_read_timeout 10s;" in location and "proxy_read_timeout 10s;" in retry_safe
 
 
 def test_clients_cannot_choose_their_address_or_reach_metrics(tmp_path: Path) -> None:
@@ -117,3 +129,92 @@ def test_dynamic_config_has_twin_groups_and_passes_nginx_t(tmp_path: Path) -> No
     assert '"^/replicas/(g?[0-9]+x?)$"' in text
     nginx.write_config(layout, text)
     nginx.test_config(binary, layout)
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """A replica that works: 200 to every POST or PATCH, counting them."""
+
+    received: ClassVar[list[str]] = []
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.received.append(self.headers.get("Idempotency-Key") or "-")
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    do_POST = do_PATCH = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def _dies_mid_request(server: socket.socket, seen: list[int]) -> None:
+    """A replica that reads the request, then drops the connection without an answer (a
+    SIGKILL while the request runs): the request may have been applied."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            seen.append(1)
+
+
+@pytest.mark.slow
+def test_nginx_retries_post_and_patch_only_with_an_idempotency_key(tmp_path: Path) -> None:
+    """Through a real nginx: a replica that dies mid-request costs a keyed POST or PATCH
+    nothing (retried on the next replica), and a POST without a key is never sent twice."""
+    binary = binaries.nginx()
+    good = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    bad = socket.create_server(("127.0.0.1", 0))
+    listen = socket.create_server(("127.0.0.1", 0))
+    listen_port = listen.getsockname()[1]
+    listen.close()
+    dropped: list[int] = []
+    threading.Thread(target=good.serve_forever, daemon=True).start()
+    threading.Thread(target=_dies_mid_request, args=(bad, dropped), daemon=True).start()
+    layout = _layout(tmp_path)
+    text = nginx.render_config(
+        layout,
+        listen_port=listen_port,
+        upstream_ports=[bad.getsockname()[1], good.server_address[1]],
+        worker_user=nginx.default_worker_user(),
+    )
+    nginx.write_config(layout, text)
+    pid = proc.spawn(nginx.argv(binary, layout), log_path=tmp_path / "nginx.out")
+    try:
+        proc.wait_until(lambda: _status(listen_port, "POST", {}) > 0, timeout=10, what="nginx")
+        _Answers.received.clear()
+        dropped.clear()
+        for method in ("POST", "PATCH") * 3:
+            key = uuid.uuid4().hex
+            assert _status(listen_port, method, {"Idempotency-Key": key}) == 200
+        assert dropped, "the dying replica got none of the keyed requests: nothing was retried"
+        assert len(_Answers.received) == 6 and "-" not in _Answers.received
+        # Without a key, a request the dying replica swallowed is answered 502, not replayed.
+        statuses = []
+        _Answers.received.clear()
+        deadline = time.monotonic() + 10
+        while 502 not in statuses and time.monotonic() < deadline:
+            statuses.append(_status(listen_port, "POST", {}))
+        assert 502 in statuses, statuses
+        assert len(_Answers.received) == statuses.count(200)
+    finally:
+        proc.terminate(pid, timeout=10)
+        good.shutdown()
+        bad.close()
+
+
+def _status(port: int, method: str, headers: dict[str, str]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        headers = {"Content-Type": "application/json", **headers}
+        conn.request(method, "/tasks/", body=b"{}", headers=headers)
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()

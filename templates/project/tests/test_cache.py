@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.api.deps import Services
-from app.core.cache import CacheKey, ResourceCache, redis_key
+from app.core.cache import CacheKey, ResourceCache
 from app.core.config import libpq_url
 from app.crud.tasks import get_tasks_json
 from tests.conftest import AppFactory, client_for, eventually, owner_id
@@ -46,7 +46,7 @@ async def test_read_through_layers(app: FastAPI, client: httpx.AsyncClient) -> N
     await wait_local_ready(app)
     task = (await client.post("/tasks/", json={"title": "cached"})).json()
     cache = services_of(app).cache
-    name = redis_key(await task_key(client, task["id"]))
+    name = cache.redis_name(await task_key(client, task["id"]))
     assert await cache.redis.get(name) is not None  # write-through on create
     base = counts(app)
     assert (await client.get(f"/tasks/{task['id']}")).json() == task  # Redis hit, fills memory
@@ -70,7 +70,8 @@ async def test_miss_goes_to_database_and_fills_redis(
     _, _, misses = counts(app)
     assert (await client.get(f"/tasks/{row[0]}")).json()["title"] == "direct"
     assert counts(app)[2] == misses + 1
-    assert await services_of(app).cache.redis.get(redis_key(("tasks", owner, row[0]))) is not None
+    cache = services_of(app).cache
+    assert await cache.redis.get(cache.redis_name(("tasks", owner, row[0]))) is not None
 
 
 async def test_every_write_invalidates(app: FastAPI, client: httpx.AsyncClient) -> None:
@@ -119,7 +120,7 @@ async def test_invalidation_reaches_other_instances(make_app: AppFactory) -> Non
 async def test_single_flight_collapses_concurrent_misses(app: FastAPI, client: httpx.AsyncClient) -> None:
     task = (await client.post("/tasks/", json={"title": "herd"})).json()
     cache = services_of(app).cache
-    await cache.redis.delete(redis_key(await task_key(client, task["id"])))
+    await cache.redis.delete(cache.redis_name(await task_key(client, task["id"])))
     cache.local.clear()
     _, _, misses = counts(app)
     responses = await asyncio.gather(*(client.get(f"/tasks/{task['id']}") for _ in range(20)))
@@ -132,7 +133,8 @@ async def test_cache_disabled_setting(make_app: AppFactory) -> None:
     async with client_for(app) as client:
         task = (await client.post("/tasks/", json={"title": "nocache"})).json()
         assert (await client.get(f"/tasks/{task['id']}")).json() == task
-        assert await services_of(app).cache.redis.get(redis_key(await task_key(client, task["id"]))) is None
+        cache = services_of(app).cache
+        assert await cache.redis.get(cache.redis_name(await task_key(client, task["id"]))) is None
 
 
 async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: Path) -> None:
@@ -156,17 +158,28 @@ async def test_redis_down_degrades_to_database(make_app: AppFactory, tmp_path: P
             assert patched.status_code == 200
             assert (await client.get(url)).json()["title"] == "patched during outage"
             assert (await client.get("/tasks/")).status_code == 200
+            # Degraded, not unready: the replica stays in the load balancer.
             ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["cache"] == "down"
-            assert ready.json()["checks"]["database"] == "ok"
+            assert ready.status_code == 200
+            body = ready.json()
+            assert body["status"] == "degraded"
+            assert set(body["degraded"]) == {"cache", "broker"}  # this Redis is the broker too
+            assert body["checks"]["cache"] == "down"
+            assert body["checks"]["database"] == "ok"
+            metrics = (await client.get("/metrics")).text
+            assert 'dependency_up{dependency="cache"} 0.0' in metrics
+            assert "app_degraded 1.0" in metrics
+            assert "cache_bypassed_total " in metrics and "cache_bypassed_total 0.0" not in metrics
 
             server.start()
             await eventually(lambda: services_of(app).cache.local_active, timeout=6, what="subscription back")
-            # The circuit breaker lets Redis calls through again after its retry interval (1 s).
-            await eventually(lambda: services_of(app).cache.circuit.available, what="cache circuit closed")
+            # The background probe trusts Redis again (every 0.5 s), after checking the generation.
+            await eventually(lambda: services_of(app).cache.trusted, what="cache trusted again")
             assert (await client.get(url)).json()["title"] == "patched during outage"
-            assert (await client.get("/readyz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["status"] == "ok"
+            assert "app_degraded 0.0" in (await client.get("/metrics")).text
     finally:
         server.stop()
 
@@ -188,7 +201,7 @@ async def test_fill_racing_a_write_is_not_kept_in_memory(app: FastAPI, client: h
     cache = services_of(app).cache
     task = (await client.post("/tasks/", json={"title": "old"})).json()
     key = await task_key(client, task["id"])
-    await cache.redis.delete(redis_key(key))
+    await cache.redis.delete(cache.redis_name(key))
     started, release = asyncio.Event(), asyncio.Event()
 
     async def slow_stale_load() -> bytes | None:
@@ -203,3 +216,61 @@ async def test_fill_racing_a_write_is_not_kept_in_memory(app: FastAPI, client: h
     await fill
     assert key not in cache.local  # the stale fill was not kept in memory
     assert (await client.get(f"/tasks/{task['id']}")).json()["title"] == "new"  # Redis: SET beat SET NX
+
+
+@pytest.mark.parametrize("outage", ["killed and restarted from its AOF", "hung (SIGSTOP) then resumed"])
+async def test_a_write_during_a_redis_outage_is_seen_by_every_replica_after_it(
+    make_app: AppFactory, tmp_path: Path, outage: str
+) -> None:
+    """Three replicas cache a task in memory and in Redis; Redis goes away; one replica updates
+    the task; Redis comes back (still holding the old value); every replica serves the update."""
+    server = RedisServer(workdir=tmp_path, port=free_port(), append_only=True)
+    server.start()
+    try:
+        apps = [await make_app(redis_url=server.url, instance_id=f"replica-{i}") for i in range(3)]
+        for app in apps:
+            await wait_local_ready(app)
+        async with client_for(apps[0]) as writer, client_for(apps[1]) as c1, client_for(apps[2]) as c2:
+            clients = [writer, c1, c2]
+            task = (await writer.post("/tasks/", json={"title": "v1"})).json()
+            url = f"/tasks/{task['id']}"
+            key = await task_key(writer, task["id"])
+            for client in clients:
+                for _ in range(2):
+                    assert (await client.get(url)).json()["title"] == "v1"
+            assert all(key in services_of(app).cache.local for app in apps)  # in every memory layer
+            stale_name = services_of(apps[0]).cache.redis_name(key)
+
+            if outage.startswith("killed"):
+                server.kill()
+            else:
+                server.pause()
+            # Every replica notices (its heartbeat), even those whose reads all hit memory.
+            await eventually(lambda: not any(services_of(a).cache.trusted for a in apps), what="outage noticed")
+            patched = await writer.patch(url, json={"title": "v2 written during the outage"})
+            assert patched.status_code == 200
+            for client in clients:  # during the outage: the database answers
+                assert (await client.get(url)).json()["title"] == "v2 written during the outage"
+
+            if outage.startswith("killed"):
+                server.start()  # the append-only file brings the old value back
+            else:
+                server.resume()
+            await eventually(
+                lambda: all(services_of(a).cache.trusted and services_of(a).cache.local_active for a in apps),
+                timeout=10,
+                what="every replica trusts Redis again",
+            )
+            assert await services_of(apps[0]).cache.redis.get(stale_name) is not None  # the old value is still there
+            for client in clients:
+                for _ in range(3):  # Redis, then memory
+                    response = await client.get(url)
+                    assert response.json()["title"] == "v2 written during the outage", response.headers["x-instance-id"]
+            # Each replica that saw Redis restart took a generation; they settle on the last one.
+            await eventually(
+                lambda: len({services_of(a).cache.generation for a in apps}) == 1, what="one generation everywhere"
+            )
+    finally:
+        if server.process is not None:
+            server.resume()
+        server.stop()

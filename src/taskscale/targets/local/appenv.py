@@ -155,6 +155,10 @@ def app_env(
             "INSTANCE_ID": instance_id,
             "DB_POOL_SIZE": str(cfg.postgres.pool_size),
             "CACHE_TTL_SECONDS": str(cfg.cache.ttl_seconds),
+            # The worker's /healthz, /readyz and /metrics ([ports] metrics: compose publishes
+            # Prometheus there; the local target has no Prometheus).
+            "WORKER_HOST": "127.0.0.1",
+            "WORKER_PORT": str(cfg.ports.metrics),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -61,11 +61,12 @@ def move_to_free_ports(config_path: Path, max_replicas: int = 16) -> dict[str, i
 
     For tests and benchmarks that run stacks next to each other. The layout matches what the
     config validator requires: the replicas' 2 x max_replicas ports (blue/green), then
-    PostgreSQL, Redis, the standbys' range and the Kafka broker. A file from before the
+    PostgreSQL, Redis, the standbys' range, the Kafka broker and ``metrics`` (the local
+    worker's probes and /metrics; compose's Prometheus). A file from before the
     ``kafka`` port existed gets the line.
     """
     replicas = 2 * max_replicas
-    base = free_block(replicas + 12)
+    base = free_block(replicas + 13)
     ports = {
         "api": base,
         "app_base": base + 1,
@@ -73,6 +74,7 @@ def move_to_free_ports(config_path: Path, max_replicas: int = 16) -> dict[str, i
         "redis": base + 2 + replicas,
         "postgres_standby_base": base + 3 + replicas,
         "kafka": base + 11 + replicas,
+        "metrics": base + 12 + replicas,
     }
     text = config_path.read_text(encoding="utf-8")
     if not re.search(r"(?m)^kafka = \d+", text):

