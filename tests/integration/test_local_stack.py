@@ -155,6 +155,9 @@ def test_up_scale_heal_down(run_cli: CliRunner, stack_project: tuple[Path, dict[
     # logs of one service, and of an unknown one.
     assert run_cli("logs", "nginx-access", "--tail", "5", "--project", p).stdout.count("\n") == 5
     assert run_cli("logs", "nope", "--project", p).exit_code == 2
+    # The migrations' output has the name it has on compose and Kubernetes.
+    migrate = run_cli("logs", "migrate", "--tail", "50", "--project", p)
+    assert migrate.exit_code == 0 and "alembic" in migrate.stdout.lower(), migrate.stderr
 
     # down: no process, no listening port; twice is fine.
     pids = recorded_pids(project)

@@ -101,7 +101,7 @@ def test_overlay_builds_and_validates(
         ("Service", "postgres-standby"),
         ("Service", "postgres-rw"),
         ("Service", "postgres-ro"),
-        ("Deployment", "redis"),
+        ("StatefulSet", "redis"),
         ("Deployment", "worker"),
     }
     assert expected <= kinds
@@ -114,6 +114,16 @@ def test_overlay_builds_and_validates(
         "tasks-api"
     }
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    # Redis holds the event stream (broker = redis): durable, never evicting (issue 13).
+    redis_set = by_name[("StatefulSet", "redis")]["spec"]
+    (redis_container,) = redis_set["template"]["spec"]["containers"]
+    args = redis_container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert [m["mountPath"] for m in redis_container["volumeMounts"] if m["name"] == "data"] == [
+        "/data"
+    ]
+    assert [t["metadata"]["name"] for t in redis_set["volumeClaimTemplates"]] == ["data"]
     app = by_name[("Deployment", "app")]["spec"]["template"]
     worker = by_name[("Deployment", "worker")]["spec"]["template"]
     for pod in (app, worker):

@@ -59,7 +59,7 @@ def test_up_applies_the_overlay_and_waits_for_every_rollout(
         status = target(k8s_project).up(2, on_step=steps.append)
 
     deployments = {o["metadata"]["name"]: o for o in emulator.objects("deployments")}
-    assert set(deployments) == {"app", "worker", "redis"}  # Locust is an optional component
+    assert set(deployments) == {"app", "worker"}  # Locust is an optional component
     assert "replicas" not in deployments["app"]["spec"], "the HPA owns the app's replica count"
     for name in ("app", "worker"):  # they migrate before they serve: no Job to order
         pod = deployments[name]["spec"]["template"]["spec"]
@@ -67,7 +67,7 @@ def test_up_applies_the_overlay_and_waits_for_every_rollout(
         # [images] app of taskscale.toml, applied through kustomize's images: entry.
         assert {c["image"] for c in [*pod["initContainers"], *pod["containers"]]} == {APP_IMAGE}
     statefulsets = {o["metadata"]["name"] for o in emulator.objects("statefulsets")}
-    assert statefulsets == {"postgres-primary", "postgres-standby"}  # broker redis: no kafka
+    assert statefulsets == {"postgres-primary", "postgres-standby", "redis"}  # no kafka
     assert emulator.objects("jobs") == []
     assert "tasks-api" in emulator.emulator.namespaces
     for plural in ("deployments", "statefulsets", "services", "configmaps", "secrets"):
@@ -447,6 +447,7 @@ def test_kafka_projects_also_wait_for_the_broker(
         "kafka",
         "postgres-primary",
         "postgres-standby",
+        "redis",
     }
     assert {s.name: s.kind for s in status.services}["kafka"] == "kafka"
     assert "kafka" in waited, "the rollout wait reads the kafka StatefulSet"

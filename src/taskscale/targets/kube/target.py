@@ -4,9 +4,9 @@
 path ``taskscale manifests`` prints, checks the cluster can run it (context, API, metrics-server
 for the HPA, and that the built app image is pinned and loaded into Minikube or in a registry),
 server-side applies every object with one field manager, then waits for each rollout (the app
-and worker pods migrate first, in their init containers). ``down``
-deletes what ``up`` applied and keeps the PostgreSQL volumes (PersistentVolumeClaims); ``down
---purge`` deletes the whole namespace, volumes included, and waits until it is gone.
+and worker pods migrate first, in their init containers). ``down`` deletes what ``up``
+applied and keeps the PostgreSQL and Redis volumes (PersistentVolumeClaims); ``down --purge``
+deletes the whole namespace, volumes included, and waits until it is gone.
 ``loadtest`` runs Locust as Jobs in the namespace (``kube/loadgen.py``); replication offers only
 its status, read from each PostgreSQL pod through pod exec (``kube/replication.py``): promotion
 is not automated here.

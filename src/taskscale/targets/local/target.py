@@ -110,7 +110,7 @@ class LocalTarget(Target):
                 f"{self.supervisor.logs_dir}",
             )
         # One log per stable name (both slots of app-1 write app-1.log), then the other logs
-        # of the directory (nginx-access, migrations...).
+        # of the directory (nginx-access, migrate...).
         sources: dict[str, str] = {}
         for record in sorted(state.services.values(), key=service_order):
             sources.setdefault(record.name, record.log)
@@ -284,7 +284,7 @@ class LocalTarget(Target):
             return  # already at head: skip Alembic's ~1 s start-up
         on_step("running migrations (alembic upgrade head)")
         env = self.app_env(f"{self.config.project.name}-migrations")
-        log = self.supervisor.log_path("migrations")
+        log = self.supervisor.log_path("migrate")  # `logs migrate`, as on compose and Kubernetes
         log.parent.mkdir(parents=True, exist_ok=True)
         result = proc.run(
             appenv.migrations_argv(python),
