@@ -53,9 +53,10 @@ def k8s_project(k8s_project_template: dict[str, Path], tmp_path: Path) -> Projec
     root = tmp_path / "tasks-api"
     shutil.copytree(k8s_project_template["redis"], root)
     project = load_project(root)
-    # Short timeouts: the emulator answers at once and nothing ever runs there.
+    # Short timeouts: the emulator answers at once and nothing ever runs there (6 s, not
+    # less: the fake controller is a thread that a loaded 2-core CI machine can starve).
     project.config = project.config.model_copy(
-        update={"kubernetes": project.config.kubernetes.model_copy(update={"rollout_timeout": 3.0})}
+        update={"kubernetes": project.config.kubernetes.model_copy(update={"rollout_timeout": 6.0})}
     )
     return project
 

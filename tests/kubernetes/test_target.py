@@ -143,7 +143,7 @@ def test_up_times_out_naming_what_is_not_ready(
     with pytest.raises(ServiceNotReady) as info:
         target(k8s_project).up(1)
     message = info.value.message
-    assert "within 3s" in message and "app 0/1" in message and "worker 0/1" in message
+    assert "within 6s" in message and "app 0/1" in message and "worker 0/1" in message
     assert info.value.detail is not None and "app-1/migrate: CrashLoopBackOff" in info.value.detail
     assert info.value.hint is not None
     assert "taskscale logs migrate --target kubernetes" in info.value.hint
@@ -343,7 +343,7 @@ def test_down_times_out_on_a_stuck_namespace(
     emulator.emulator.terminating_gets = -1
     with pytest.raises(TargetError) as info:
         target(k8s_project).down(purge=True)
-    assert info.value.message == "namespace tasks-api is still terminating after 3s"
+    assert info.value.message == "namespace tasks-api is still terminating after 6s"
 
 
 @pytest.mark.usefixtures("metrics_server")

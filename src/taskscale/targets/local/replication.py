@@ -301,7 +301,7 @@ class LocalReplication(Replication, Standbys, Promotion):
             )
         if primary_alive or old in run.state.services:
             on_step(f"fencing the old primary {old}")
-            self.ops.stop(run, old)
+            self.ops.stop(run, old, fence=True)
         status = self.cluster_status()
         candidates = [n for n in status.standbys if n.name in topology.standbys]
         if to is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 
 import psycopg
 
@@ -143,10 +144,14 @@ class NodeOperations:
         record = self.supervisor.spawn(run, spec)
         self.supervisor.wait_ready(record, node.ready)
 
-    def stop(self, run: Run, name: str) -> None:
+    def stop(self, run: Run, name: str, *, fence: bool = False) -> None:
+        """Stop node ``name``. ``fence``: a primary being replaced by a failover is stopped
+        immediately (SIGQUIT, no shutdown checkpoint: it may be in crash recovery after a
+        restart, and a fast shutdown then takes seconds of the failover's RTO); what it wrote
+        since is rewound away when it rejoins (pg_rewind finishes its crash recovery first)."""
         record = run.state.named(name)
         if record is not None:
-            self.supervisor.stop([record])
+            self.supervisor.stop([record], sig=signal.SIGQUIT if fence else None)
             run.forget([record])
         node = self.node(name)
         pidfile = node.data_dir / "postmaster.pid"

@@ -335,8 +335,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ stop
 
-    def stop(self, records: list[ServiceRecord]) -> list[str]:
-        """Signal every live record at once, wait for all, SIGKILL stragglers; names stopped."""
+    def stop(self, records: list[ServiceRecord], sig: int | None = None) -> list[str]:
+        """Signal every live record at once (``sig``, else its kind's ``STOP_SIGNAL``), wait
+        for all, SIGKILL stragglers; names stopped."""
         live = [r for r in records if self.runner.alive(r)]
         for record in records:
             if record not in live:
@@ -347,7 +348,7 @@ class Supervisor:
             list(
                 pool.map(
                     lambda r: self.runner.terminate(
-                        r.pid, timeout=STOP_TIMEOUT[r.kind], sig=STOP_SIGNAL[r.kind]
+                        r.pid, timeout=STOP_TIMEOUT[r.kind], sig=sig or STOP_SIGNAL[r.kind]
                     ),
                     live,
                 )
