@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from restart import loaded, replica_runs
 
@@ -80,6 +81,7 @@ class Stack:
     target: LocalTarget
     api: str
     postgres_port: int
+    metrics_port: int  # the local worker's probes and /metrics
 
     def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         creds = load_project(self.project).credentials()
@@ -104,7 +106,8 @@ def stack(keep: Path | None) -> Iterator[Stack]:
     target = LocalTarget(load_project(project))
     try:
         target.up(3)
-        yield Stack(project, target, f"http://127.0.0.1:{ports['api']}", ports["postgres"])
+        api = f"http://127.0.0.1:{ports['api']}"
+        yield Stack(project, target, api, ports["postgres"], ports["metrics"])
     finally:
         with contextlib.suppress(Exception):
             LocalTarget(load_project(project)).down()
@@ -244,6 +247,23 @@ SELECT
 """
 
 
+def worker_counters(stack: Stack) -> dict[str, float]:
+    """The (restarted) worker's event counters from its /metrics: handled, and redelivered
+    events it found already handled (what the kill left unacknowledged)."""
+    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
+    counters: dict[str, float] = {}
+    try:
+        text = httpx.get(url, timeout=10, trust_env=False).text
+    except httpx.HTTPError:
+        return counters  # printed as nan: the table's counts come from PostgreSQL anyway
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        for wanted in ("events_processed", "events_duplicates"):
+            if not line.startswith("#") and name.removesuffix("_total").endswith(wanted):
+                counters[wanted] = float(value)
+    return counters
+
+
 def worker_kill(stack: Stack, out: Path, args: argparse.Namespace) -> list[Row]:
     with stack.connect() as conn:
         row = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()
@@ -264,6 +284,7 @@ def worker_kill(stack: Stack, out: Path, args: argparse.Namespace) -> list[Row]:
         return bool(counts) and counts[1] == 0 and counts[2] == 0
 
     drained_in_time = proc.poll_until(drained, DRAIN_TIMEOUT, 0.2, 0.2)
+    worker = worker_counters(stack)
     events, unpublished, lost, dup_ids, orphans, during_outage = counts
     acknowledged = sum(
         int(e["requests"]) - int(e["failures"])
@@ -276,7 +297,9 @@ def worker_kill(stack: Stack, out: Path, args: argparse.Namespace) -> list[Row]:
         f"restarts {fault['restarts']}; {events} events in the drill ({during_outage} created "
         f"while the worker was down), {acknowledged} task writes acknowledged by the API; "
         f"unpublished {unpublished}, without a notification {lost}, duplicate notification "
-        f"ids {dup_ids}, notifications for no event {orphans}"
+        f"ids {dup_ids}, notifications for no event {orphans}; the restarted worker: "
+        f"{worker.get('events_processed', math.nan):g} handled, "
+        f"{worker.get('events_duplicates', math.nan):g} redelivered and skipped as already handled"
         + ("" if drained_in_time else f" (NOT drained within {DRAIN_TIMEOUT:g} s)")
     )
     return [
