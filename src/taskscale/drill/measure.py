@@ -255,10 +255,11 @@ def _p99s(metrics: RunMetrics, start: float, end: float) -> tuple[float | None, 
     seconds = list(range(first_second, math.floor(max(end, start)) + 1))
     count = min(max(len(seconds), MIN_BEFORE_S), MAX_BEFORE_S)
     before = list(range(first_second - count, first_second))
-    return _p99(metrics, before), _p99(metrics, seconds)
+    return p99_of(metrics, before), p99_of(metrics, seconds)
 
 
-def _p99(metrics: RunMetrics, seconds: list[int]) -> float | None:
+def p99_of(metrics: RunMetrics, seconds: list[int]) -> float | None:
+    """p99 (ms) of the given epoch seconds' histograms merged (None: no request in them)."""
     hist: HdrHistogram | None = None
     for second in seconds:
         series = metrics.seconds.get(second)

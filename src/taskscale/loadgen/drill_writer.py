@@ -2,11 +2,12 @@
 (``locust -f SCENARIO,locust_plugin.py,drill_writer.py``); never imported by taskscale.
 
 Each writer runs one cycle per ``1 / $TASKSCALE_DRILL_WRITER_RATE`` seconds, one request of
-every operation type: create a task (with an Idempotency-Key), read one of its own tasks, update
-one, list a page. So every operation type is exercised several times a second, whatever the
-scenario's mix, and the recovery of each can be timed (the plugin counts them in 100 ms
-buckets). Requests time out after ``$TASKSCALE_DRILL_TIMEOUT`` seconds (a frozen service shows
-as failures, not as requests that never end). Names are the scenario's with `` (drill)``.
+every operation type: create a task, read one of its own tasks, update one (both writes carry
+an Idempotency-Key, which lets nginx retry them on another replica), list a page. So every
+operation type is exercised several times a second, whatever the scenario's mix, and the
+recovery of each can be timed (the plugin counts them in 100 ms buckets). Requests time out
+after ``$TASKSCALE_DRILL_TIMEOUT`` seconds (a frozen service shows as failures, not as
+requests that never end). Names are the scenario's with `` (drill)``.
 
 Every write the server acknowledged goes into ``ledger.LEDGER`` with a digest of what the
 server said it stored (the response is built from the write's ``RETURNING``); taskscale reads
@@ -147,10 +148,12 @@ class DrillWriter(FastHttpUser):
             return
         _, task_id, title, description = picked
         status = random.choice(STATUSES)
+        # The key makes the PATCH safe to retry: the generated nginx retries a keyed PATCH on
+        # another replica when the one it reached died (as the generated locustfile does).
         with self.client.patch(
             f"/tasks/{task_id}",
             json={"status": status},
-            headers=self.headers(),
+            headers=self.headers({"Idempotency-Key": uuid.uuid4().hex}),
             name="PATCH /tasks/{id}" + DRILL_SUFFIX,
             catch_response=True,
         ) as response:
