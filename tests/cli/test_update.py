@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from taskscale import proc
+from taskscale import __version__, proc
 from taskscale.config import load_config, load_project
 from taskscale.scaffold import transaction
 from taskscale.scaffold import update as update_module
@@ -92,7 +92,8 @@ def templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Catalog:
     old = write_template(tmp_path / "tpl-old", OLD_FILES)
     new = write_template(tmp_path / "tpl-new", NEW_FILES)
     catalog = Catalog(current=new, releases=tmp_path / "releases", version=NEW_VERSION)
-    archive_template(old, "0.1.0", catalog.releases)
+    # `taskscale new` records this taskscale's version: the old template is that release.
+    archive_template(old, __version__, catalog.releases)
     monkeypatch.setattr("taskscale.scaffold.new.template_root", lambda: old)
     monkeypatch.setattr(update_module, "default_catalog", lambda: catalog)
     return catalog
@@ -409,7 +410,7 @@ def test_adopt_a_project_without_record(
     result = run_cli("update", "--project", str(project), "--adopt", "--json")
     assert result.exit_code == 1, result.stderr
     data = json.loads(result.stdout)
-    assert data["adopted"] is True and data["from"]["version"] == "0.1.0"
+    assert data["adopted"] is True and data["from"]["version"] == __version__
     assert data["conflicts"] == ["app/models.py", "static/icon.bin"]
     assert not (project / "app" / "legacy.py").exists()
     assert "return x * 2" in (project / "app" / "crud.py").read_text()
