@@ -226,6 +226,24 @@ def start_postgres(
     return server
 
 
+def _kill(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL ``process`` (if any) and reap it."""
+    if process is not None:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``process`` (if any), SIGKILL after 10 s, and reap it."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+
+
 @dataclass
 class RedisServer:
     workdir: Path
@@ -254,23 +272,13 @@ class RedisServer:
         wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "redis")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        _stop(self.process)
         self.process = None
         wait_until(lambda: not port_open(self.port), 10, "redis shutdown")
 
     def kill(self) -> None:
         """SIGKILL (a crash: the append-only file keeps what was fsynced)."""
-        if self.process is None:
-            return
-        self.process.kill()
-        self.process.wait(timeout=10)
+        _kill(self.process)
         self.process = None
 
     def pause(self) -> None:
@@ -308,21 +316,11 @@ class KafkaServer:
         wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "tansu")
 
     def kill(self) -> None:
-        if self.process is None:
-            return
-        self.process.kill()
-        self.process.wait(timeout=10)
+        _kill(self.process)
         self.process = None
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        _stop(self.process)
         self.process = None
 
 
