@@ -273,3 +273,11 @@ def test_every_form_says_which_setup_requests_were_excluded() -> None:
     excluded = [e for e in report.to_json_dict()["endpoints"] if e["excluded"]]
     assert [e["name"] for e in excluded] == ["POST /auth/token (setup)"]
     assert "[excluded]" in forms["markdown"]
+
+
+def test_html_charts_count_from_zero() -> None:
+    """Counts, durations and percentages: every y axis (the users axis too) starts at zero."""
+    from taskscale.report import html
+
+    page = html.render(make_report())
+    assert page.count('"rangemode":"tozero"') >= 4  # 3 run charts' y axes + the users axis

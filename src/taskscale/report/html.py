@@ -87,7 +87,12 @@ def _layout(fig: Any, title: str, x: str, y: str) -> Any:
         margin={"l": 60, "r": 30, "t": 50, "b": 50},
         legend={"orientation": "h"},
         template="plotly_white",
+        # Every series here is a count, a duration or a percentage: axes start at zero, so a
+        # steady 6 users is not drawn as a swing between 5.3 and 6.9, nor no errors as -1..1.
+        yaxis_rangemode="tozero",
     )
+    if getattr(fig.layout, "yaxis2", None) is not None:  # a secondary axis was set up
+        fig.update_layout(yaxis2_rangemode="tozero")
     return fig
 
 
