@@ -122,6 +122,10 @@ class Broker(Protocol):
         ...
 
 
+class BrokerLost(Exception):
+    """The broker stopped answering: the consumer is started afresh once it answers again."""
+
+
 class Stopped(Exception):
     """The worker is stopping: leave the rest unacknowledged (it is delivered again)."""
 
@@ -436,6 +440,7 @@ class KafkaBroker:
         self.max_deliveries = max_deliveries
         self.stats = ConsumerStats()
         self._producer: Any = None
+        self._producer_broken = False
 
     async def start(self) -> None:
         return None  # the producer is created lazily so a down Kafka does not block startup
@@ -451,6 +456,12 @@ class KafkaBroker:
                 enable_idempotence=self.enable_idempotence,
                 request_timeout_ms=10_000,
             )
+            self._producer_broken = False
+
+            def broke() -> None:
+                self._producer_broken = True
+
+            _on_broken_connection(producer.client, broke)
             try:
                 await producer.start()
             except BaseException:
@@ -477,6 +488,13 @@ class KafkaBroker:
                 await producer.send(topic, value=value, key=key, headers=headers) for key, value, headers in records
             ]
             await asyncio.gather(*futures)
+            if self._producer_broken:
+                # Acknowledged over a connection made after one broke: possibly by a broker that
+                # restarted empty, to which aiokafka sent the batch without asking for the topic's
+                # metadata first. Tansu then acknowledges records no reader finds. Not trusted:
+                # the caller sends again through a new producer (duplicates carry the same event
+                # id and are dropped by the consumer).
+                raise BrokerLost(f"the connection to the Kafka broker {self.bootstrap_servers} broke")
         except Exception:
             await self.close()  # start afresh next time
             raise
@@ -505,10 +523,27 @@ class KafkaBroker:
             session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000,
         )
+        # A broker that comes back without its log (the local target's Tansu keeps it in memory)
+        # does not tell a consumer that lived through the restart: aiokafka reconnects within
+        # 100 ms and fetches on at the old, higher positions, skipping what the new log holds
+        # below them. So the moment a connection breaks every partition is paused (nothing is
+        # fetched any more) and this consumer is given up: ``consume_forever`` starts a new one
+        # once the broker answers, which resumes from the group's committed offsets (none on an
+        # empty broker: the earliest). Against real Kafka a break costs one rebalance and
+        # redelivers what was not committed (deduplicated by event id).
+        lost = asyncio.Event()
+
+        def broke() -> None:
+            consumer.pause(*consumer.assignment())
+            lost.set()
+
+        _on_broken_connection(consumer._client, broke)
         await consumer.start()
         try:
             while not stop.is_set():
                 self.stats.last_tick = time.monotonic()
+                if lost.is_set():
+                    raise BrokerLost(f"the Kafka broker {self.bootstrap_servers} stopped answering")
                 batches = await consumer.getmany(timeout_ms=250, max_records=100)
                 deliveries = [
                     Delivery(Event(key=(msg.key or b"").decode(), payload=msg.value), (tp, msg.offset))
@@ -542,6 +577,35 @@ class KafkaBroker:
 
     async def refresh_lag(self) -> None:
         return None  # measured by the consumer loop itself
+
+
+def _on_broken_connection(client: Any, on_break: Callable[[], None]) -> None:
+    """Call ``on_break()`` the moment a connection of the aiokafka ``client`` to the broker
+    breaks (before the client can open a new one).
+
+    aiokafka has no public hook for this: the client's ``_on_connection_closed`` (the
+    ``on_close`` callback of every connection it opens) and ``_get_conn`` are wrapped. Why it is needed: see
+    ``KafkaBroker.consume`` and ``KafkaBroker._send``, and docs/architecture.md ("Events")."""
+    from aiokafka.conn import CloseReason
+
+    original = client._on_connection_closed
+
+    def on_closed(conn: Any, reason: Any) -> None:
+        original(conn, reason)
+        if reason in (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT):
+            on_break()
+
+    # A connection whose peer closed is also dropped, without that callback, when the client
+    # wants it again before its reader noticed: caught here.
+    get_conn = client._get_conn
+
+    async def get_conn_or_break(*args: Any, **kwargs: Any) -> Any:
+        if any(not conn.connected() for conn in list(client._conns.values())):
+            on_break()
+        return await get_conn(*args, **kwargs)
+
+    client._on_connection_closed = on_closed
+    client._get_conn = get_conn_or_break
 
 
 async def tcp_reachable(servers: str, timeout: float = 0.5) -> bool:  # noqa: ASYNC109
@@ -579,6 +643,7 @@ def make_broker(settings: Settings, consumer_name: str | None = None) -> RedisSt
 
 __all__ = [
     "Broker",
+    "BrokerLost",
     "ConsumerStats",
     "Delivery",
     "Event",
