@@ -105,14 +105,18 @@ def _set_restart(project: Path, **settings: object) -> None:
     config.write_text(text)
 
 
-def _busy_backend(project: Path) -> threading.Thread:
-    """A thread whose PostgreSQL backend runs a long CPU-bound query (ended by the restart)."""
+def _dsn(project: Path) -> str:
     config = load_project(project)
     creds = config.credentials()
-    dsn = (
+    return (
         f"host=127.0.0.1 port={config.config.ports.postgres} dbname={creds.postgres_db} "
         f"user={creds.postgres_user} password={creds.postgres_password}"
     )
+
+
+def _busy_backend(project: Path) -> threading.Thread:
+    """A thread whose PostgreSQL backend runs a long CPU-bound query (ended by the restart)."""
+    dsn = _dsn(project)
     started = threading.Event()
 
     def query() -> None:
@@ -211,6 +215,55 @@ def test_every_kind_of_service_comes_back_by_itself(
     assert "2 (last: SIGKILL)" in human.stdout
     logs = run_cli("logs", "app-2", "--tail", "200", "--project", str(project))
     assert "[taskscale supervisor" in logs.stdout and "restart 2" in logs.stdout
+
+
+def _notifications(project: Path, task_ids: list[str]) -> dict[str, int]:
+    """Notification rows per task among ``task_ids`` (tasks without one are left out)."""
+    with psycopg.connect(_dsn(project)) as conn:
+        rows = conn.execute(
+            "SELECT task_id::text, count(*) FROM notifications"
+            " WHERE task_id::text = ANY(%s) GROUP BY task_id",
+            (task_ids,),
+        ).fetchall()
+    return {task_id: count for task_id, count in rows}
+
+
+def test_kafka_events_reach_the_worker_across_a_broker_kill(
+    kafka_stack: tuple[Path, str],
+) -> None:
+    """Tansu keeps its log in memory: the supervisor restarts it empty. The worker, which stays
+    up, must still turn every task's event into exactly one notification row: those from before
+    the kill (consumed before it), during the outage (they wait in the outbox) and after."""
+    project, api = kafka_stack
+    headers = api_headers(api)
+    created: list[str] = []
+    with httpx.Client(base_url=api, timeout=10, trust_env=False, headers=headers) as client:
+
+        def create(title: str) -> None:
+            response = client.post("/tasks/", json={"title": title})
+            assert response.status_code == 201, response.text
+            created.append(str(response.json()["id"]))
+
+        for i in range(5):
+            create(f"before kafka kill {i}")
+        first = proc.poll_until(lambda: len(_notifications(project, created)) == 5, COME_BACK)
+        assert first, _why(project)
+
+        old = _pid(project, "kafka")
+        os.kill(old, signal.SIGKILL)
+        # The API does not need the broker: accepted, the events wait in the outbox.
+        for i in range(5):
+            create(f"while kafka is down {i}")
+        _back(project, "kafka", old)
+        for i in range(5):
+            create(f"after kafka restart {i}")
+
+    def all_notified() -> bool:
+        return len(_notifications(project, created)) == len(created)
+
+    assert proc.poll_until(all_notified, 60), (_notifications(project, created), _why(project))
+    counts = _notifications(project, created)
+    assert sorted(counts) == sorted(created) and set(counts.values()) == {1}, counts
 
 
 def test_a_stopped_service_is_not_a_crash(
