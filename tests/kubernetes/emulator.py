@@ -26,6 +26,7 @@ from kmock._internal import enums, rendering
 
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)$")
 _EXEC_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
+_FORWARD_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/portforward$")
 RESOURCES = (
     "v1/pods",
     "v1/services",
@@ -50,6 +51,11 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
     # pod name -> (stdout, stderr, exit code); every exec is recorded as (pod, container, argv).
     exec_results: dict[str, tuple[str, str, int]]
     execs: list[tuple[str, str, list[str]]]
+    # Port-forward over the same protocol, one port per websocket as the client opens it: pod
+    # name -> (host, port) of a real server the tunnel carries bytes to; a pod without one
+    # refuses (the kubelet's message on the error channel). Every tunnel is recorded.
+    backends: dict[str, tuple[str, int]]
+    port_forwards: list[tuple[str, int]]
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -57,15 +63,60 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         self.terminating_gets = 0
         self.exec_results = {}
         self.execs = []
+        self.backends = {}
+        self.port_forwards = []
         self._terminating: dict[str, int] = {}
         for resource in RESOURCES:
             self.resources[resource] = {}  # type: ignore[assignment]
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         match = _EXEC_PATH.match(raw_request.path)
-        if match and raw_request.headers.get("Upgrade", "").lower() == "websocket":
+        upgrade = raw_request.headers.get("Upgrade", "").lower() == "websocket"
+        if match and upgrade:
             return await self._exec(raw_request, match.group(2))
+        match = _FORWARD_PATH.match(raw_request.path)
+        if match and upgrade:
+            return await self._port_forward(raw_request, match.group(2))
         return await super().__call__(raw_request)
+
+    async def _port_forward(
+        self, raw: aiohttp.web.BaseRequest, pod: str
+    ) -> aiohttp.web.StreamResponse:
+        port = int(raw.query.get("ports", "0").split(",")[0])
+        ws = aiohttp.web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
+        await ws.prepare(raw)
+        self.port_forwards.append((pod, port))
+        # Channel 0 carries the data, 1 the errors; each first says which port it serves.
+        prefix = port.to_bytes(2, "little")
+        await ws.send_bytes(b"\x00" + prefix)
+        await ws.send_bytes(b"\x01" + prefix)
+        try:
+            if pod not in self.backends:
+                raise ConnectionRefusedError("connect: connection refused")
+            reader, writer = await asyncio.open_connection(*self.backends[pod])
+        except OSError as exc:
+            message = f"error forwarding port {port} to pod {pod}: {exc}"
+            await ws.send_bytes(b"\x01" + message.encode())
+            await ws.close()
+            return ws
+
+        async def to_pod() -> None:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY and message.data[:1] == b"\x00":
+                    writer.write(message.data[1:])
+                    await writer.drain()
+
+        async def from_pod() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(b"\x00" + data)
+
+        pumps = [asyncio.ensure_future(to_pod()), asyncio.ensure_future(from_pod())]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        writer.close()
+        await ws.close()
+        return ws
 
     async def _exec(self, raw: aiohttp.web.BaseRequest, pod: str) -> aiohttp.web.StreamResponse:
         ws = aiohttp.web.WebSocketResponse(protocols=("v4.channel.k8s.io",))

@@ -8,6 +8,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,20 @@ def _dump(latencies_ms: list[float], failed: int = 0, *, final: bool = True) -> 
 class FakeLocust:
     """Once taskscale has created the Locust Jobs: their pods, logs and a finished master."""
 
-    def __init__(self, emulator: RunningEmulator, *, fail: bool = False) -> None:
+    def __init__(
+        self,
+        emulator: RunningEmulator,
+        *,
+        fail: bool = False,
+        hold: float = 0.0,
+        during: Callable[[], None] | None = None,
+    ) -> None:
+        """``hold``: seconds the master runs before it finishes, calling ``during`` first
+        (load the telemetry tests send to real servers meanwhile)."""
         self.emulator = emulator
         self.fail = fail
+        self.hold = hold
+        self.during = during
         self.objects: dict[str, list[dict[str, Any]]] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -108,6 +120,10 @@ class FakeLocust:
             [*_dump([1.0], final=False), "noise", *_dump([10.0, 20.0], 1)],
         )
         _serve_log(self.emulator, "locust-w2", _dump([30.0]))
+        finish_at = time.monotonic() + self.hold
+        if self.during is not None:
+            self.during()
+        time.sleep(max(0.0, finish_at - time.monotonic()))  # the run's length, not a wait
         status: dict[str, Any] = {"succeeded": 1}
         if self.fail:
             status = {"conditions": [{"type": "Failed", "status": "True", "message": "boom"}]}

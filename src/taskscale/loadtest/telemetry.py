@@ -75,7 +75,11 @@ class TelemetrySampler:
             origin=origin,
             interval=self.interval,
             durations=self.durations,
-            notes=[*(notes or []), *_counted(self.errors, len(self.durations))],
+            notes=[
+                *(notes or []),
+                *self.source.notes(),
+                *_counted(self.errors, len(self.durations)),
+            ],
         )
 
 

@@ -162,6 +162,11 @@ class TelemetrySource(abc.ABC):
     def sample(self) -> TelemetrySample:
         """One reading of every counter and gauge the target exposes."""
 
+    def notes(self) -> list[str]:
+        """What the report should say once about how the readings were taken (asked after
+        the last sample, and after ``close``)."""
+        return []
+
     def close(self) -> None:
         """Release connections and threads."""
         return None

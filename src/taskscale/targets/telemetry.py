@@ -27,17 +27,14 @@ CACHE_HITS = frozenset({"hit_local", "hit_redis"})
 POOL_IN_USE = "db_pool_connections_in_use"
 OUTBOX_BACKLOG = "outbox_backlog"
 APP_SERIES = (HTTP_REQUESTS + "{", CACHE_REQUESTS + "{", POOL_IN_USE + "{", OUTBOX_BACKLOG + " ")
-# The worker's series, by what they mean; the first name found is used.
+# The worker's series (the generated app/worker.py, WorkerState.families), by what they mean.
 WORKER_SERIES: dict[str, tuple[str, ...]] = {
-    "processed": ("worker_events_processed_total", "worker_processed_total"),
-    "failed": ("worker_events_failed_total", "worker_failed_total"),
-    "dead_lettered": ("worker_events_dead_lettered_total", "worker_dead_lettered_total"),
-    "outbox_backlog": ("outbox_backlog", "worker_outbox_backlog"),
-    "oldest_unpublished_s": (
-        "outbox_oldest_unpublished_age_seconds",
-        "outbox_oldest_unpublished_seconds",
-    ),
-    "consumer_lag": ("worker_consumer_lag", "consumer_lag", "worker_consumer_lag_events"),
+    "processed": ("events_processed_total",),
+    "failed": ("events_failed_total",),
+    "dead_lettered": ("events_dead_lettered_total",),
+    "outbox_backlog": ("outbox_backlog",),
+    "oldest_unpublished_s": ("outbox_oldest_unpublished_age_seconds",),
+    "consumer_lag": ("events_consumer_lag",),
 }
 
 

@@ -39,6 +39,15 @@ class ExecResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class Tunnel:
+    """One port-forwarded connection: a socket, and what the kubelet said on the port's
+    error channel (a refused connection), None when nothing."""
+
+    sock: Any
+    error: Callable[[], str | None]
+
+
 class KubeApiError(TargetError):
     """The API answered with an HTTP error status."""
 
@@ -213,6 +222,30 @@ class KubeApi:
             ws.close()
             api_client.close()  # type: ignore[no-untyped-call]
         return ExecResult(code, stdout, stderr)
+
+    def port_forward(self, namespace: str, pod: str, port: int, *, timeout: float) -> Tunnel:
+        """A connection to ``port`` inside ``pod`` (the API's port-forward websocket, what
+        ``kubectl port-forward`` opens): bytes pass through untouched, so the pod sees a
+        connection from its own loopback and no proxy headers. The caller closes its socket,
+        which ends the tunnel and the client's thread that pumps it."""
+        api_client = k8s_client.ApiClient(self._configuration)  # see exec: its own client
+        try:
+            forward = k8s_stream.portforward(
+                k8s_client.CoreV1Api(api_client).connect_get_namespaced_pod_portforward,
+                pod,
+                namespace,
+                ports=str(port),
+                _request_timeout=timeout,
+            )
+        except ApiException as exc:
+            raise TargetError(
+                f"cannot port-forward to {pod}:{port} (context {self.context}): {_reason(exc)}"
+            ) from exc
+        finally:
+            api_client.close()  # type: ignore[no-untyped-call]
+        sock = forward.socket(port)
+        sock.settimeout(timeout)
+        return Tunnel(sock, lambda: forward.error(port))
 
     def _send(
         self,

@@ -28,7 +28,7 @@ from taskscale.errors import (
     UsageError,
 )
 from taskscale.targets.base import Target, validate_replicas
-from taskscale.targets.capabilities import FaultInjector, Replication
+from taskscale.targets.capabilities import FaultInjector, Replication, TelemetrySource
 from taskscale.targets.kube import manifests, rollout
 from taskscale.targets.kube.api import KubeApi, KubeApiError, object_path
 from taskscale.targets.kube.namespace import Namespace
@@ -451,6 +451,13 @@ class KubernetesTarget(Target):
         from taskscale.targets.kube.faults import KubeFaults
 
         return KubeFaults(lambda: self.ns, self.name, _service_kind)
+
+    def telemetry(self) -> TelemetrySource:
+        """/metrics of each app pod and the worker through port-forward tunnels, lag from
+        the primary's pg_stat_replication through exec, CPU from metrics-server."""
+        from taskscale.targets.kube.telemetry import KubeTelemetry
+
+        return KubeTelemetry(lambda: self.ns)
 
     def replication(self) -> Replication:
         """Status only: promotion is manual on this target (docs/kubernetes.md)."""
