@@ -336,7 +336,7 @@ class ComposeTarget(Target):
     def telemetry(self) -> ComposeTelemetry:
         from taskscale.targets.compose.telemetry import ComposeTelemetry
 
-        return ComposeTelemetry(self)
+        return ComposeTelemetry(self.project, self.containers, SERVICE_LABEL)
 
     # ------------------------------------------------------------------ replication
 

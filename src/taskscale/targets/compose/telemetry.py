@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from taskscale.targets.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from taskscale.targets.compose.target import ComposeTarget
+    from taskscale.config import Project
 
 SCRAPE_TIMEOUT_S = 0.5
 REFRESH_S = 5.0
@@ -111,8 +112,14 @@ class _Container:
 
 
 class ComposeTelemetry(TelemetrySource):
-    def __init__(self, target: ComposeTarget) -> None:
-        self.target = target
+    def __init__(
+        self, project: Project, containers: Callable[[], list[Any]], service_label: str
+    ) -> None:
+        """``containers`` lists the stack's containers (Docker SDK objects); each one's
+        service is its ``service_label`` label."""
+        self.project = project
+        self.list_containers = containers
+        self.service_label = service_label
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="telemetry")
         self._containers: list[_Container] = []
         self._found_at = 0.0
@@ -163,12 +170,10 @@ class ComposeTelemetry(TelemetrySource):
         if now - self._found_at < REFRESH_S:
             return self._containers
         try:
-            found = self.target.containers()
+            found = self.list_containers()
         except Exception as exc:  # the SDK raises several types for one cause
             notes.append(f"the Docker engine did not list the containers: {exc}")
             return self._containers
-        from taskscale.targets.compose.target import SERVICE_LABEL
-
         known = {c.name: c for c in self._containers}
         containers = []
         for container in found:
@@ -185,7 +190,7 @@ class ComposeTelemetry(TelemetrySource):
             containers.append(
                 _Container(
                     name=name,
-                    service=str(container.labels.get(SERVICE_LABEL, "")),
+                    service=str(container.labels.get(self.service_label, "")),
                     ip=ip or None,
                     hostname=str(attrs.get("Config", {}).get("Hostname", "")),
                     cpu_file=cpu_file,
@@ -225,7 +230,7 @@ class ComposeTelemetry(TelemetrySource):
         try:
             if self._conn is None or self._conn.closed or self._conn_ip != primary.ip:
                 self._close_conn()
-                credentials = self.target.project.credentials()
+                credentials = self.project.credentials()
                 self._conn = psycopg.connect(
                     host=primary.ip,
                     port=5432,
