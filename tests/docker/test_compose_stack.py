@@ -99,6 +99,27 @@ def test_compose_up_scale_replicate_loadtest_down(
     report = json.loads((out / "report.json").read_text())
     assert report["environment"]["target"] == "compose"
     assert report["total"]["requests"] > 0
+    # Server telemetry (targets/compose/telemetry.py): each replica's /metrics at its address on
+    # the compose network, lag from the primary, CPU from the containers' cgroups.
+    telemetry = report["telemetry"]
+    samples = telemetry["samples"]
+    assert len(samples) >= 10, telemetry
+    replicas = {name for s in samples for name in s["requests_per_replica"]}
+    assert len(replicas) == 2 and all("-app-" in name for name in replicas), replicas
+    served = sum(sum(s["requests_per_replica"].values()) for s in samples)
+    served *= telemetry["interval_s"]
+    peak = max(sum(s["requests_per_replica"].values()) for s in samples)
+    # The load's requests, give or take what one sampling interval at either end holds.
+    total = report["total"]["requests"]
+    assert abs(served - total) <= max(0.1 * total, 2 * peak), (served, total)
+    standby_label = [label_of(compose_project), "com.docker.compose.service=postgres-standby"]
+    standby_names = {
+        c.name for c in docker_engine.containers.list(filters={"label": standby_label})
+    }
+    assert any(set(s["replication_lag_bytes"]) == standby_names for s in samples), samples[-1]
+    assert any(s["cache_hit_ratio"] is not None for s in samples)
+    assert any({"app", "postgres", "nginx"} <= set(s["cpu_percent"]) for s in samples)
+    assert not any("no server-side telemetry" in n for n in report["notes"]), report["notes"]
 
     # A drill: a crashed replica comes back by Docker's restart policy (counted), a paused
     # Redis is unpaused; compose cannot promote, so killing the primary needs --failover none.

@@ -57,6 +57,7 @@ from taskscale.targets.ports import check_ports_free
 
 if TYPE_CHECKING:
     from taskscale.targets.compose.faults import ComposeFaults
+    from taskscale.targets.compose.telemetry import ComposeTelemetry
 
 COMPOSE_FILE = Path("compose.yaml")
 # Where templates before 0.2 put the compose file (Compose then needed --env-file .env).
@@ -331,6 +332,11 @@ class ComposeTarget(Target):
         from taskscale.targets.compose.faults import ComposeFaults
 
         return ComposeFaults(self, _KINDS, SERVICE_LABEL)
+
+    def telemetry(self) -> ComposeTelemetry:
+        from taskscale.targets.compose.telemetry import ComposeTelemetry
+
+        return ComposeTelemetry(self.project, self.containers, SERVICE_LABEL)
 
     # ------------------------------------------------------------------ replication
 
