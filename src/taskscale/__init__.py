@@ -1,3 +1,3 @@
 """taskscale: see a Task API scale for real."""
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
