@@ -1,6 +1,6 @@
 """`taskscale drill` on the local target: measured RTO and RPO, and what telemetry costs.
 
-    python bench/drill.py [--duration 24] [--users 10] [--pairs 3] [--keep DIR]
+    python bench/drill.py [--duration 24] [--users 10] [--pairs 3] [--keep DIR] [--telemetry-only]
 
 A fresh project runs with 2 replicas and one streaming standby on free loopback ports (its
 supervisor restarts crashed services), and every drill is the real command (`taskscale drill
@@ -125,10 +125,16 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="telemetry on/off pairs")
     parser.add_argument("--load-duration", type=int, default=15, help="seconds per load")
     parser.add_argument("--keep", type=Path, help="keep the project and its runs here")
+    parser.add_argument(
+        "--telemetry-only", action="store_true", help="skip the drills: only the telemetry cost"
+    )
     args = parser.parse_args()
     with stack(args.keep) as project:
         out = project / "bench-runs"
         cli(project, "replicate", "--replicas", "1", "--sync")
+        if args.telemetry_only:
+            telemetry_cost(project, out, args)
+            return
         show("primary-failover, --sync", drill(project, out / "sync", args, "primary-failover"))
         cli(project, "replicate", "--async")
         show("primary-failover, async", drill(project, out / "async", args, "primary-failover"))

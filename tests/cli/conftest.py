@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
+from taskscale.targets.local.ports import free_block
 from tests.conftest import CliRunner
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the ephemeral range (a port the kernel hands out as a
+    client's source port can be taken between this check and a test's bind)."""
+    return free_block(1)
 
 
 def write_minimal_project(root: Path, *, api: int | None = None, max_replicas: int = 4) -> Path:
-    """taskscale.toml and .env only: enough for option and port validation."""
+    """taskscale.toml and .env only: enough for option and port validation. Its ports are one
+    block (the api, the replicas' blue and green ports, PostgreSQL, Redis), so they cannot
+    overlap each other."""
     root.mkdir(parents=True, exist_ok=True)
+    base = free_block(2 * max_replicas + 3)
     (root / "taskscale.toml").write_text(
         f"""\
 [project]
@@ -27,10 +30,10 @@ package = "mini"
 taskscale_version = "0.1.0"
 
 [ports]
-api = {api or free_port()}
-app_base = {free_port()}
-postgres = {free_port()}
-redis = {free_port()}
+api = {api or base}
+app_base = {base + 1}
+postgres = {base + 1 + 2 * max_replicas}
+redis = {base + 2 + 2 * max_replicas}
 
 [images]
 app = "mini:latest"
