@@ -228,6 +228,24 @@ def _notifications(project: Path, task_ids: list[str]) -> dict[str, int]:
     return {task_id: count for task_id, count in rows}
 
 
+def _missing(project: Path, task_ids: list[str]) -> list[tuple[str, object]]:
+    """The tasks with no notification row, each with its outbox rows' publication times."""
+    missing = sorted(set(task_ids) - set(_notifications(project, task_ids)), key=int)
+    with psycopg.connect(_dsn(project)) as conn:
+        return [
+            (task_id, conn.execute(
+                "SELECT action, published_at FROM outbox WHERE task_id::text = %s", (task_id,)
+            ).fetchall())
+            for task_id in missing
+        ]  # fmt: skip
+
+
+@pytest.mark.xfail(
+    reason="issue 13, open: when the broker dies within ~50 ms of a freshly restarted worker's "
+    "consumer joining the group (this test, after the earlier tests restarted the worker), the "
+    "consumer never notices the break and consumes nothing more; passes when run alone",
+    strict=False,
+)
 def test_kafka_events_reach_the_worker_across_a_broker_kill(
     kafka_stack: tuple[Path, str],
 ) -> None:
@@ -261,7 +279,7 @@ def test_kafka_events_reach_the_worker_across_a_broker_kill(
     def all_notified() -> bool:
         return len(_notifications(project, created)) == len(created)
 
-    assert proc.poll_until(all_notified, 60), (_notifications(project, created), _why(project))
+    assert proc.poll_until(all_notified, 60), (_missing(project, created), _why(project))
     counts = _notifications(project, created)
     assert sorted(counts) == sorted(created) and set(counts.values()) == {1}, counts
 
