@@ -12,10 +12,16 @@ generated app exports (``templates/project/app/core/metrics.py``; docs/loadtest.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from taskscale.replication import sql
+from taskscale.replication.sql import WalSender
 
 # Requests to these routes are the probes' and the scrapers' own, not load.
 NOT_LOAD_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -27,14 +33,14 @@ CACHE_HITS = frozenset({"hit_local", "hit_redis"})
 POOL_IN_USE = "db_pool_connections_in_use"
 OUTBOX_BACKLOG = "outbox_backlog"
 APP_SERIES = (HTTP_REQUESTS + "{", CACHE_REQUESTS + "{", POOL_IN_USE + "{", OUTBOX_BACKLOG + " ")
-# The worker's series (the generated app/worker.py, WorkerState.families), by what they mean.
-WORKER_SERIES: dict[str, tuple[str, ...]] = {
-    "processed": ("events_processed_total",),
-    "failed": ("events_failed_total",),
-    "dead_lettered": ("events_dead_lettered_total",),
-    "outbox_backlog": ("outbox_backlog",),
-    "oldest_unpublished_s": ("outbox_oldest_unpublished_age_seconds",),
-    "consumer_lag": ("events_consumer_lag",),
+# The worker's series (the generated app/worker.py, WorkerState.families), by WorkerReading field.
+WORKER_SERIES: dict[str, str] = {
+    "processed_total": "events_processed_total",
+    "failed_total": "events_failed_total",
+    "dead_lettered_total": "events_dead_lettered_total",
+    "outbox_backlog": "outbox_backlog",
+    "oldest_unpublished_s": "outbox_oldest_unpublished_age_seconds",
+    "consumer_lag": "events_consumer_lag",
 }
 
 
@@ -151,17 +157,55 @@ def _has(samples: list[PromSample], name: str) -> bool:
 
 def worker_reading(text: str) -> WorkerReading:
     """The worker's /metrics: events processed, failed, dead-lettered, the outbox and the lag."""
-    samples = parse_prometheus(text, [n for names in WORKER_SERIES.values() for n in names])
-    found: dict[str, float | None] = {}
-    for field_name, names in WORKER_SERIES.items():
-        found[field_name] = next(
-            (value for value in (_sum(samples, n) for n in names) if value is not None), None
-        )
-    return WorkerReading(
-        processed_total=found["processed"],
-        failed_total=found["failed"],
-        dead_lettered_total=found["dead_lettered"],
-        outbox_backlog=found["outbox_backlog"],
-        oldest_unpublished_s=found["oldest_unpublished_s"],
-        consumer_lag=found["consumer_lag"],
-    )
+    samples = parse_prometheus(text, WORKER_SERIES.values())
+    return WorkerReading(**{field: _sum(samples, name) for field, name in WORKER_SERIES.items()})
+
+
+def scrape_metrics(host: str, port: int, timeout: float) -> str | None:
+    """``GET /metrics`` from a replica or the worker straight (never through nginx, which
+    refuses it: a scrape without X-Forwarded-For is one the app answers); None when nothing
+    answers in ``timeout`` or the answer is not 200."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics", headers={"Connection": "close"})
+        response = conn.getresponse()
+        body = response.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    return body if response.status == 200 else None
+
+
+class PrimarySenders:
+    """The primary's ``pg_stat_replication`` over one kept connection, opened again when the
+    primary is another node (its ``key``) or the connection broke; every query is bounded by a
+    statement timeout."""
+
+    def __init__(self, statement_timeout_ms: int = 500) -> None:
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conn: Any = None
+        self._key: str | None = None
+
+    def read(self, key: str, connect: Callable[[], Any]) -> list[WalSender] | None:
+        """The primary's WAL senders; None when it did not answer (the connection is dropped
+        and opened again next time). ``connect`` opens an autocommit connection to ``key``."""
+        import psycopg
+
+        try:
+            if self._conn is None or self._conn.closed or self._key != key:
+                self.close()
+                self._conn = connect()
+                self._conn.execute(f"SET statement_timeout = {self.statement_timeout_ms}")
+                self._key = key
+            return sql.wal_senders(self._conn)
+        except psycopg.Error:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+        self._key = None

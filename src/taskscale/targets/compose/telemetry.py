@@ -19,8 +19,6 @@ service that is down.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskscale.replication import sql
 from taskscale.targets.capabilities import TelemetrySource
 from taskscale.targets.telemetry import (
+    PrimarySenders,
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
     replica_reading,
+    scrape_metrics,
     worker_reading,
 )
 
@@ -124,8 +123,7 @@ class ComposeTelemetry(TelemetrySource):
         self._containers: list[_Container] = []
         self._found_at = 0.0
         self._cpu_last: dict[str, tuple[float, float]] = {}  # name -> (monotonic, cpu seconds)
-        self._conn: Any = None
-        self._conn_ip: str | None = None
+        self._senders = PrimarySenders(PG_TIMEOUT_MS)
 
     def sample(self) -> TelemetrySample:
         at = time.time()
@@ -202,18 +200,7 @@ class ComposeTelemetry(TelemetrySource):
 
     @staticmethod
     def _scrape(ip: str | None, port: int) -> str | None:
-        if ip is None:
-            return None
-        connection = http.client.HTTPConnection(ip, port, timeout=SCRAPE_TIMEOUT_S)
-        try:
-            connection.request("GET", "/metrics")
-            response = connection.getresponse()
-            body = response.read().decode(errors="replace")
-        except (OSError, http.client.HTTPException):
-            return None
-        finally:
-            connection.close()
-        return body if response.status == 200 else None
+        return scrape_metrics(ip, port, SCRAPE_TIMEOUT_S) if ip is not None else None
 
     # ------------------------------------------------------------------ PostgreSQL
 
@@ -225,26 +212,9 @@ class ComposeTelemetry(TelemetrySource):
         if primary is None or primary.ip is None:
             notes.append("no running primary to read pg_stat_replication from")
             return []
-        import psycopg
-
-        try:
-            if self._conn is None or self._conn.closed or self._conn_ip != primary.ip:
-                self._close_conn()
-                credentials = self.project.credentials()
-                self._conn = psycopg.connect(
-                    host=primary.ip,
-                    port=5432,
-                    user=credentials.postgres_user,
-                    password=credentials.postgres_password,
-                    dbname=credentials.postgres_db,
-                    connect_timeout=1,
-                    autocommit=True,
-                )
-                self._conn.execute(f"SET statement_timeout = {PG_TIMEOUT_MS}")
-                self._conn_ip = primary.ip
-            senders = sql.wal_senders(self._conn)
-        except psycopg.Error:
-            self._close_conn()
+        address = primary.ip
+        senders = self._senders.read(address, lambda: self._connect(address))
+        if senders is None:
             notes.append(f"the primary {primary.name} did not answer pg_stat_replication")
             return []
         return [
@@ -256,12 +226,19 @@ class ComposeTelemetry(TelemetrySource):
             for s in senders
         ]
 
-    def _close_conn(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn = None
-        self._conn_ip = None
+    def _connect(self, host: str) -> Any:
+        import psycopg
+
+        credentials = self.project.credentials()
+        return psycopg.connect(
+            host=host,
+            port=5432,
+            user=credentials.postgres_user,
+            password=credentials.postgres_password,
+            dbname=credentials.postgres_db,
+            connect_timeout=1,
+            autocommit=True,
+        )
 
     # ------------------------------------------------------------------ CPU
 
@@ -291,7 +268,7 @@ class ComposeTelemetry(TelemetrySource):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._close_conn()
+        self._senders.close()
 
 
 def _cpu_file(pid: int) -> Path | None:

@@ -15,25 +15,23 @@ replica per second (the app's backlog gauge).
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 
-from taskscale.replication import sql
 from taskscale.targets.capabilities import TelemetrySource
-from taskscale.targets.local import probes
 from taskscale.targets.local.state import ServiceRecord
 from taskscale.targets.local.supervisor import Supervisor
 from taskscale.targets.local.topology import Nodes, Topology
 from taskscale.targets.telemetry import (
+    PrimarySenders,
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
     replica_reading,
+    scrape_metrics,
     worker_reading,
 )
 
@@ -51,8 +49,7 @@ class LocalTelemetry(TelemetrySource):
         self.supervisor = supervisor
         self.nodes = nodes
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="telemetry")
-        self._conn: Any = None
-        self._conn_node: str | None = None
+        self._senders = PrimarySenders(PG_TIMEOUT_MS)
         self._trees: dict[str, list[psutil.Process]] = {}
         self._roots: dict[str, int] = {}
         self._trees_at = 0.0
@@ -92,38 +89,19 @@ class LocalTelemetry(TelemetrySource):
 
     @staticmethod
     def _scrape(port: int) -> str | None:
-        try:
-            response = probes.get("/metrics", port=port, timeout=SCRAPE_TIMEOUT_S)
-        except (OSError, http.client.HTTPException):
-            return None
-        return response.text if response.status == 200 else None
+        return scrape_metrics("127.0.0.1", port, SCRAPE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ PostgreSQL
 
     def _lags(self, notes: list[str]) -> list[StandbyLag]:
         if not Topology.exists(self.project.state_dir):
             return []
-        import psycopg
-
         primary = self.nodes.primary_name()
-        try:
-            if self._conn is None or self._conn.closed or self._conn_node != primary:
-                self._close_conn()
-                self._conn = self.nodes.node(primary).connect(timeout=1)
-                self._conn.execute(f"SET statement_timeout = {PG_TIMEOUT_MS}")
-                self._conn_node = primary
-            senders = sql.wal_senders(self._conn)
-        except psycopg.Error:
-            self._close_conn()
+        senders = self._senders.read(primary, lambda: self.nodes.node(primary).connect(timeout=1))
+        if senders is None:
             notes.append(f"the primary {primary} did not answer pg_stat_replication")
             return []
         return [StandbyLag(s.application_name, s.lag_bytes, s.replay_lag_seconds) for s in senders]
-
-    def _close_conn(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn = None
 
     # ------------------------------------------------------------------ CPU
 
@@ -176,4 +154,4 @@ class LocalTelemetry(TelemetrySource):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._close_conn()
+        self._senders.close()
