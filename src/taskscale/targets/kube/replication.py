@@ -163,16 +163,16 @@ class PodReplication(Replication):
         primary = by_role["primary"][0]
         primary_name = primary["metadata"]["name"]
         primary_answer = answers[primary_name]
-        nodes = [primary_node(primary_name, _pod_ip(primary), primary_answer)]
+        nodes = [primary_node(primary_name, pod_ip(primary), primary_answer)]
         senders = primary_answer.senders if primary_answer else {}
         for pod in by_role["standby"]:
             name = pod["metadata"]["name"]
             nodes.append(
                 standby_node(
                     name,
-                    _pod_ip(pod),
+                    pod_ip(pod),
                     answers[name],
-                    senders.get(_pod_ip(pod)),
+                    senders.get(pod_ip(pod)),
                     primary_answer.info if primary_answer else None,
                 )
             )
@@ -196,26 +196,30 @@ class PodReplication(Replication):
             notes.append(f"pod {name} is {phase or 'not scheduled'}")
             return None
         try:
-            result = self.ns.api.exec(
-                self.ns.name,
-                name,
-                pod["spec"]["containers"][0]["name"],
-                status_command(),
-                timeout=EXEC_TIMEOUT,
-            )
+            return ask_postgres(self.ns, pod)
         except TargetError as exc:
             notes.append(f"{name}: {exc.message}")
             return None
-        if result.returncode != 0:
-            said = (result.stderr or result.stdout).strip().splitlines()
-            notes.append(f"{name}: psql exited {result.returncode}: {said[0] if said else ''}")
-            return None
-        try:
-            return parse_answer(result.stdout)
-        except (ValueError, KeyError, TypeError) as exc:
-            notes.append(f"{name}: unexpected psql output ({exc})")
-            return None
 
 
-def _pod_ip(pod: dict[str, Any]) -> str:
+def ask_postgres(ns: Namespace, pod: dict[str, Any], timeout: float = EXEC_TIMEOUT) -> PodAnswer:
+    """The node's role, WAL positions and (on a primary) its WAL senders: psql through pod
+    exec. TargetError (one line) when the exec fails, psql fails or its output is not ours."""
+    result = ns.api.exec(
+        ns.name,
+        pod["metadata"]["name"],
+        pod["spec"]["containers"][0]["name"],
+        status_command(),
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        said = (result.stderr or result.stdout).strip().splitlines()
+        raise TargetError(f"psql exited {result.returncode}: {said[0] if said else ''}")
+    try:
+        return parse_answer(result.stdout)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TargetError(f"unexpected psql output ({exc})") from exc
+
+
+def pod_ip(pod: dict[str, Any]) -> str:
     return str((pod.get("status") or {}).get("podIP") or "")

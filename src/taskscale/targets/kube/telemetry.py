@@ -307,36 +307,21 @@ class KubeTelemetry(TelemetrySource):
         self._lag_job = self._pool.submit(self._read_lag, primary, standbys)
 
     def _read_lag(self, primary: dict[str, Any], standbys: list[dict[str, Any]]) -> None:
-        name = _name(primary)
         note: str | None = None
         lags: list[StandbyLag] = []
         try:
-            result = self.ns.api.exec(
-                self.ns.name,
-                name,
-                primary["spec"]["containers"][0]["name"],
-                replication.status_command(),
-                timeout=LAG_TIMEOUT_S,
-            )
-            if result.returncode != 0:
-                said = (result.stderr or result.stdout).strip().splitlines()
-                raise TargetError(f"psql exited {result.returncode}: {said[0] if said else ''}")
-            senders = replication.parse_answer(result.stdout).senders
-        except (TargetError, ValueError, KeyError, TypeError) as exc:
-            why = exc.message if isinstance(exc, TargetError) else f"unexpected output ({exc})"
-            note = f"the primary {name} did not answer pg_stat_replication: {why}"
+            senders = replication.ask_postgres(self.ns, primary, timeout=LAG_TIMEOUT_S).senders
+        except TargetError as exc:
+            note = f"the primary {_name(primary)} did not answer pg_stat_replication: {exc.message}"
         else:
-            by_ip = {str((p.get("status") or {}).get("podIP") or ""): _name(p) for p in standbys}
+            by_ip = {replication.pod_ip(p): _name(p) for p in standbys}
             for addr, sender in sorted(senders.items()):
                 standby = by_ip.get(addr) or f"{sender.application_name}@{addr}"
                 lags.append(StandbyLag(standby, sender.lag_bytes, sender.replay_lag_seconds))
         with self._lock:
             self._lag_reads += 1
             self._lag_note = note
-            if note is None:
-                self._lag = lags
-            else:
-                self._lag = []
+            self._lag = lags
 
     # ------------------------------------------------------------------ CPU
 
