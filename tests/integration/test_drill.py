@@ -115,6 +115,8 @@ def test_replica_crash_is_restarted_by_the_supervisor(
     assert len(samples) >= 5
     assert any(s["requests_per_replica"] for s in samples)
     assert any("postgres" in s["cpu_percent"] for s in samples)
+    # The worker's own series (events handled as the drill's writes flow through the outbox).
+    assert any(s["worker_processed_per_s"] for s in samples), samples[-1]
     for name in ("report.json", "report.md", "report.html", "junit.xml"):
         assert (out / name).is_file(), name
     assert "kill:app-1@3s" in (out / "report.md").read_text()

@@ -118,6 +118,7 @@ class Fleet:
             WORKER,
             "worker",
             appenv.worker_argv(python),
+            self.config.ports.metrics,  # WORKER_PORT: its /healthz, /readyz and /metrics
             env=self.env(f"{self.config.project.name}-{WORKER}"),
             cwd=self.project.root,
         )
