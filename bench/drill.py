@@ -147,7 +147,7 @@ def _stack_processes(target: LocalTarget) -> list[psutil.Process]:
     return found
 
 
-def sampling_cpu(project: Path, window: float) -> None:
+def sampling_cpu(project: Path, window: int) -> None:
     """CPU the stack and the sampler use in ``window`` seconds with one telemetry sample a
     second, minus the same window without sampling (the idle stack's own background work)."""
     target = LocalTarget(load_project(project))
@@ -160,19 +160,17 @@ def sampling_cpu(project: Path, window: float) -> None:
             processes = _stack_processes(target)
             before = _cpu_seconds(processes)
             start = time.monotonic()
-            tick = start
-            while (now := time.monotonic()) - start < window:
-                if sampling and now >= tick:
+            for second in range(window):  # one sample at the start of each second
+                if sampling:
                     source.sample()
                     sampled += 1
-                    tick += 1.0
-                time.sleep(0.05)
+                time.sleep(max(0.0, start + second + 1 - time.monotonic()))
             used[sampling] = _cpu_seconds(processes) - before
     finally:
         source.close()
     cores = psutil.cpu_count() or 1
     cost = (used[True] - used[False]) / (window * cores)
-    print(f"\n== telemetry cost, CPU accounting ({window:.0f} s windows, {sampled} samples)")
+    print(f"\n== telemetry cost, CPU accounting ({window} s windows, {sampled} samples)")
     print(f"stack + sampler CPU without sampling: {used[False]:.2f} s, with: {used[True]:.2f} s")
     print(
         f"per sample: {1000 * (used[True] - used[False]) / max(sampled, 1):.1f} ms of CPU; "
@@ -187,7 +185,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="telemetry on/off pairs")
     parser.add_argument("--load-duration", type=int, default=15, help="seconds per load")
     parser.add_argument("--keep", type=Path, help="keep the project and its runs here")
-    parser.add_argument("--cpu-window", type=float, default=30.0, help="seconds per CPU window")
+    parser.add_argument("--cpu-window", type=int, default=30, help="seconds per CPU window")
     parser.add_argument(
         "--telemetry-only", action="store_true", help="skip the drills: only the telemetry cost"
     )
