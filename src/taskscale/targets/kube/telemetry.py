@@ -198,6 +198,8 @@ class KubeTelemetry(TelemetrySource):
         pending: list[Future[Any]] = [j for j in jobs.values() if j is not None]
         if cpu_job is not None:
             pending.append(cpu_job)
+        if self._lag_reads == 0 and self._lag_job is not None:
+            pending.append(self._lag_job)  # the first sample waits for the first lag reading
         done, _ = wait_all(pending, timeout=SCRAPE_TIMEOUT_S + 1)
         texts: dict[str, str] = {}
         for name, job in jobs.items():
