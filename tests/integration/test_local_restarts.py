@@ -240,12 +240,6 @@ def _missing(project: Path, task_ids: list[str]) -> list[tuple[str, object]]:
         ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    reason="issue 13, open: when the broker dies within ~50 ms of a freshly restarted worker's "
-    "consumer joining the group (this test, after the earlier tests restarted the worker), the "
-    "consumer never notices the break and consumes nothing more; passes when run alone",
-    strict=False,
-)
 def test_kafka_events_reach_the_worker_across_a_broker_kill(
     kafka_stack: tuple[Path, str],
 ) -> None:

@@ -13,12 +13,48 @@ import httpx
 import pytest
 
 from app.core.config import Settings
+from app.core.events import stop_client
 from app.worker import run
 from tests.conftest import AppFactory, client_for, eventually
 from tests.services import KafkaServer, free_port
 from tests.test_events import scalar
 
 pytestmark = pytest.mark.anyio
+
+
+class _StopCancelsItself:
+    """An aiokafka client whose stop() awaits an internal task it has just cancelled, as
+    aiokafka's fetcher does when the broker went away mid-request (aio-libs/aiokafka#647)."""
+
+    async def stop(self) -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        inner.cancel()
+        await inner
+
+
+class _SlowStop:
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await asyncio.sleep(10)
+
+
+async def test_a_client_cancelling_itself_in_stop_does_not_end_the_caller() -> None:
+    # The worker's consume loop used to die of this CancelledError, silently, and consumed
+    # nothing more (a broker killed right after the consumer joined its group).
+    await stop_client(_StopCancelsItself())
+    # A cancellation of the caller itself (the worker stopping) still propagates.
+    client = _SlowStop()
+    task = asyncio.ensure_future(stop_client(client))
+    await client.stopping.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # And a stop that hangs is given up after its bound.
+    await asyncio.wait_for(stop_client(_SlowStop(), timeout=0.1), 2)
 
 
 async def test_kafka_delivers_every_event_across_a_broker_restart(

@@ -465,15 +465,15 @@ class KafkaBroker:
             try:
                 await producer.start()
             except BaseException:
-                await producer.stop()
+                await stop_client(producer)
                 raise
             self._producer = producer
         return self._producer
 
     async def close(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            await stop_client(producer)
 
     async def ping(self) -> bool:
         return await tcp_reachable(self.bootstrap_servers)
@@ -570,13 +570,32 @@ class KafkaBroker:
                         lag += max(highwater - await consumer.position(tp), 0)
                 self.stats.lag = lag
         finally:
-            await consumer.stop()
+            await stop_client(consumer)
 
     async def trim(self) -> int:
         return 0  # Kafka's retention settings own the log's size
 
     async def refresh_lag(self) -> None:
         return None  # measured by the consumer loop itself
+
+
+async def stop_client(client: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Stop an aiokafka consumer or producer, bounded by ``timeout``.
+
+    Its ``stop()`` can raise a CancelledError of its own when the broker went away in the middle
+    of a request: it awaits internal tasks it has just cancelled (aio-libs/aiokafka#647). Let
+    through, that error ended the worker's consume loop for good and silently (seen: a broker
+    killed right after a consumer joined its group), so it is swallowed here; a cancellation of
+    the caller itself (the worker stopping) still propagates."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout)
+    except TimeoutError:
+        log.warning("the Kafka client did not stop within %.0fs", timeout)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("the Kafka client was cancelled while it stopped (the broker went away)")
 
 
 def _on_broken_connection(client: Any, on_break: Callable[[], None]) -> None:
@@ -654,5 +673,6 @@ __all__ = [
     "deliver",
     "is_transient",
     "make_broker",
+    "stop_client",
     "tcp_reachable",
 ]
