@@ -42,6 +42,8 @@ SETUP = " " + SETUP_SUFFIX
 # to a standby: that is replication lag, which telemetry shows, not an outage).
 READ_AGE_S = 1.0
 KEEP_RECENT = 200
+LOGIN_RETRY_S = 0.5  # a failed registration, login or token question is asked again after it
+PROBE_FOR_S = 30.0
 
 
 def _float_env(name: str, default: float) -> float:
@@ -63,24 +65,49 @@ class DrillWriter(FastHttpUser):
     def on_start(self) -> None:
         self.auth: dict[str, str] = {}
         self.account: dict[str, str] | None = None
-        self.refresh_at = float("inf")
+        self.registered = False
+        self.refresh_at = 0.0  # when to (try to) log in next, once there is an account
         # (acknowledged at, id, title, description) of this writer's tasks, newest last.
         self.mine: list[tuple[float, int, str, str | None]] = []
-        with self.client.get(
-            "/tasks/?limit=1", name="GET /tasks/" + SETUP, catch_response=True
-        ) as probe:
-            if probe.status_code == 401:
-                probe.success()
-                self.account = {
-                    "username": f"drill-{uuid.uuid4().hex[:12]}@example.com",
-                    "password": secrets.token_urlsafe(16),
-                }
-                body = {"email": self.account["username"], "password": self.account["password"]}
-                self.client.post("/auth/register", json=body, name="POST /auth/register" + SETUP)
-                self.log_in()
+        if self.needs_token():
+            self.account = {
+                "username": f"drill-{uuid.uuid4().hex[:12]}@example.com",
+                "password": secrets.token_urlsafe(16),
+            }
+            self.log_in()
+
+    def needs_token(self) -> bool:
+        """Whether the API answers ``GET /tasks/`` with 401; an answer that says neither (the
+        API is down) is asked again for up to PROBE_FOR_S."""
+        give_up = time.monotonic() + PROBE_FOR_S
+        while True:
+            with self.client.get(
+                "/tasks/?limit=1", name="GET /tasks/" + SETUP, catch_response=True
+            ) as probe:
+                if probe.status_code == 401:
+                    probe.success()
+                    return True
+                if probe.status_code == 200 or time.monotonic() >= give_up:
+                    return False
+            time.sleep(LOGIN_RETRY_S)
+
+    def register(self) -> bool:
+        """Create the writer's account; True once the API confirmed it (409: an earlier try
+        that looked failed got through)."""
+        assert self.account is not None
+        body = {"email": self.account["username"], "password": self.account["password"]}
+        response = self.client.post("/auth/register", json=body, name="POST /auth/register" + SETUP)
+        self.registered = response.status_code in (201, 409)
+        return self.registered
 
     def log_in(self) -> None:
+        """A token, renewed at 80 % of its lifetime. A failed registration or login (the fault
+        may hit the setup) is tried again after LOGIN_RETRY_S instead of leaving the writer
+        without a token for the rest of the drill; a 401 means the account is missing."""
         assert self.account is not None
+        if not self.registered and not self.register():
+            self.refresh_at = time.monotonic() + LOGIN_RETRY_S
+            return
         response = self.client.post(
             "/auth/token", data=self.account, name="POST /auth/token" + SETUP
         )
@@ -88,9 +115,13 @@ class DrillWriter(FastHttpUser):
             token = response.json()
             self.auth = {"Authorization": f"Bearer {token['access_token']}"}
             self.refresh_at = time.monotonic() + 0.8 * float(token["expires_in"])
+            return
+        if response.status_code == 401:
+            self.registered = False
+        self.refresh_at = time.monotonic() + LOGIN_RETRY_S
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        if self.account is not None and (time.monotonic() >= self.refresh_at or not self.auth):
+        if self.account is not None and time.monotonic() >= self.refresh_at:
             self.log_in()
         return {**self.auth, **extra} if extra else self.auth
 

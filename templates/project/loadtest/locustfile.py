@@ -15,7 +15,11 @@ traffic. Requests are grouped by route (``GET /tasks/{id}``), not per id.
 Authentication: the first user of the process asks ``GET /tasks/``; an API that answers 401
 needs bearer tokens, so that user registers one account for the process (tasks belong to their
 owner: every user of the process must read the same hot set), and every user logs in to it once
-in ``on_start`` and again shortly before its token expires. Registration, logins and the hot
+in ``on_start`` and again shortly before its token expires. A failed registration or login
+(a replica or the database was down) is tried again every ``LOGIN_RETRY_S``, registering first
+while the account does not exist, and an unclear answer to the question is asked again for up
+to ``PROBE_FOR_S``: a fault during setup costs a few requests, not a user without a token for
+the rest of the run. Registration, logins and the hot
 set's creation are named ``... (setup)``: ``taskscale loadtest`` reports them on their own lines
 and leaves them out of the totals and the SLO gates (``--include-setup`` counts them).
 """
@@ -40,6 +44,8 @@ POOL_SIZE = int(os.environ.get("LOADTEST_POOL_SIZE", "500"))
 ZIPF_S = float(os.environ.get("LOADTEST_ZIPF_S", "1.1"))
 STATUSES = ("pending", "in_progress", "done")
 SETUP = " (setup)"  # the suffix taskscale's reports keep out of the totals
+LOGIN_RETRY_S = 0.5  # a failed registration or login is tried again after this long
+PROBE_FOR_S = 30.0  # how long the first user asks whether the API needs a token
 
 
 class HotSet:
@@ -49,6 +55,7 @@ class HotSet:
     def __init__(self) -> None:
         self.ids: list[int] = []
         self.account: dict[str, str] | None = None  # {"username", "password"} or None: no auth
+        self.registered = False  # the API confirmed the account (201, or 409 for a retry)
         self._cumulative: list[float] = []
         self._lock = threading.Lock()
         self._claimed = False
@@ -69,6 +76,7 @@ class HotSet:
             self._cumulative = []
             self._claimed = False
             self.account = None
+            self.registered = False
             self.ready.clear()
 
     def fill(self, ids: list[int]) -> None:
@@ -79,10 +87,13 @@ class HotSet:
             self.ready.set()
 
     def add(self, task_id: int) -> None:
+        """A task created during the run joins the set (which is how an empty set fills up
+        when the API failed every setup write)."""
         with self._lock:
-            if self._cumulative and len(self.ids) < POOL_SIZE * 2:
+            if len(self.ids) < POOL_SIZE * 2:
                 self.ids.append(task_id)
-                self._cumulative.append(self._cumulative[-1] + 1.0 / (len(self.ids) ** ZIPF_S))
+                previous = self._cumulative[-1] if self._cumulative else 0.0
+                self._cumulative.append(previous + 1.0 / (len(self.ids) ** ZIPF_S))
 
     def pick(self) -> int | None:
         if not self.ids:
@@ -109,21 +120,20 @@ class TaskApiUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.auth: dict[str, str] = {}
-        self.refresh_at = float("inf")
+        self.refresh_at = 0.0  # when to (try to) log in next; with no account, never asked
         # The first user of the process in each test run builds the hot set; the others wait.
         if HOT.claim():
             ids: list[int] = []
             try:
-                with self.client.get("/tasks/?limit=1", name="GET /tasks/" + SETUP, catch_response=True) as probe:
-                    needs_token = probe.status_code == 401
-                    if needs_token:
-                        probe.success()  # the answer this question expects from a jwt API
-                if needs_token:
-                    HOT.account = self.register()
+                if self.needs_token():
+                    HOT.account = {
+                        "username": f"loadtest-{uuid.uuid4().hex[:12]}@example.com",
+                        "password": secrets.token_urlsafe(16),
+                    }
                     self.log_in()
                 for i in range(POOL_SIZE):
                     response = self.client.post(
-                        "/tasks/", json=_body(i), headers=self.auth, name="POST /tasks/" + SETUP
+                        "/tasks/", json=_body(i), headers=self.headers(), name="POST /tasks/" + SETUP
                     )
                     if response.status_code == 201:
                         ids.append(response.json()["id"])
@@ -135,24 +145,49 @@ class TaskApiUser(FastHttpUser):
             if HOT.account is not None:
                 self.log_in()
 
-    def register(self) -> dict[str, str]:
-        account = {"username": f"loadtest-{uuid.uuid4().hex[:12]}@example.com", "password": secrets.token_urlsafe(16)}
-        body = {"email": account["username"], "password": account["password"]}
-        self.client.post("/auth/register", json=body, name="POST /auth/register" + SETUP)
-        return account
+    def needs_token(self) -> bool:
+        """Whether the API wants a bearer token: ``GET /tasks/`` answers 401. An answer that
+        says neither (the API is down) is asked again, for up to ``PROBE_FOR_S``."""
+        give_up = time.monotonic() + PROBE_FOR_S
+        while True:
+            with self.client.get("/tasks/?limit=1", name="GET /tasks/" + SETUP, catch_response=True) as probe:
+                if probe.status_code == 401:
+                    probe.success()  # the answer this question expects from a jwt API
+                    return True
+                if probe.status_code == 200 or time.monotonic() >= give_up:
+                    return False
+            time.sleep(LOGIN_RETRY_S)
+
+    def register(self) -> bool:
+        """Create the process's account; True once the API confirmed it. Several users may try
+        at once after a failure: one gets 201, the others 409, and all of them go on."""
+        assert HOT.account is not None
+        body = {"email": HOT.account["username"], "password": HOT.account["password"]}
+        response = self.client.post("/auth/register", json=body, name="POST /auth/register" + SETUP)
+        if response.status_code in (201, 409):
+            HOT.registered = True
+        return HOT.registered
 
     def log_in(self) -> None:
         """A bearer token for the process's account (OAuth2 password form), renewed at 80 % of
-        its lifetime."""
+        its lifetime. On failure the user keeps the token it has (if any) and tries again after
+        ``LOGIN_RETRY_S``; a 401 means the account is not there, so the next try registers it."""
         assert HOT.account is not None
+        if not HOT.registered and not self.register():
+            self.refresh_at = time.monotonic() + LOGIN_RETRY_S
+            return
         response = self.client.post("/auth/token", data=HOT.account, name="POST /auth/token" + SETUP)
         if response.status_code == 200:
             token = response.json()
             self.auth = {"Authorization": f"Bearer {token['access_token']}"}
             self.refresh_at = time.monotonic() + 0.8 * float(token["expires_in"])
+            return
+        if response.status_code == 401:
+            HOT.registered = False
+        self.refresh_at = time.monotonic() + LOGIN_RETRY_S
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        if time.monotonic() >= self.refresh_at:
+        if HOT.account is not None and time.monotonic() >= self.refresh_at:
             self.log_in()
         return {**self.auth, **extra} if extra else self.auth
 
