@@ -2,8 +2,10 @@
 
 This is the user's first experience (`taskscale new` then `pip install -e '.[test]' && pytest`),
 so it runs the real thing: a new venv, pip, and the project's tests against the real PostgreSQL
-and Redis its fixtures start, for both --auth answers. The suite includes the OpenAPI contract
-test (schemathesis against the app served by uvicorn: no 5xx, every response as documented).
+and Redis its fixtures start, for the default ``--auth jwt`` (the ``none`` project's suite runs
+from its lock in test_generated_ci_steps: each suite once). The suite includes the OpenAPI
+contract test (schemathesis against the app served by uvicorn: no 5xx, every response as
+documented).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from tests.integration.conftest import run_ok
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("auth", ["jwt", "none"])
-def test_generated_project_suite_passes_in_fresh_venv(tmp_path: Path, auth: Auth) -> None:
+def test_generated_project_suite_passes_in_fresh_venv(tmp_path: Path) -> None:
+    auth: Auth = "jwt"
     project = create_project(
         NewProjectSpec(name="tasks-api", output_dir=tmp_path, broker="redis", auth=auth, git=True)
     ).path
