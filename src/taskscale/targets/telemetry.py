@@ -33,6 +33,12 @@ CACHE_HITS = frozenset({"hit_local", "hit_redis"})
 POOL_IN_USE = "db_pool_connections_in_use"
 OUTBOX_BACKLOG = "outbox_backlog"
 APP_SERIES = (HTTP_REQUESTS + "{", CACHE_REQUESTS + "{", POOL_IN_USE + "{", OUTBOX_BACKLOG + " ")
+# A replica is asked for these by name: the generated /metrics answers ``?name[]=`` with only
+# them and skips the work of the rest (its dependency pings, the latency histograms); a project
+# generated before that ignores the parameter and sends everything, which reads the same. The
+# outbox backlog is one table for every replica, so only one of them is asked for it (and only
+# read when the worker, which reports it too, does not answer).
+APP_READ = (HTTP_REQUESTS, CACHE_REQUESTS, POOL_IN_USE)
 # The worker's series (the generated app/worker.py, WorkerState.families), by WorkerReading field.
 WORKER_SERIES: dict[str, str] = {
     "processed_total": "events_processed_total",
@@ -161,13 +167,20 @@ def worker_reading(text: str) -> WorkerReading:
     return WorkerReading(**{field: _sum(samples, name) for field, name in WORKER_SERIES.items()})
 
 
-def scrape_metrics(host: str, port: int, timeout: float) -> str | None:
-    """``GET /metrics`` from a replica or the worker straight (never through nginx, which
-    refuses it: a scrape without X-Forwarded-For is one the app answers); None when nothing
-    answers in ``timeout`` or the answer is not 200."""
+def app_metrics_path(*, backlog: bool, path: str = "/metrics") -> str:
+    """``path`` asking a replica for the series ``replica_reading`` reads (``APP_READ``, and
+    the outbox backlog when ``backlog``)."""
+    names = [*APP_READ, *([OUTBOX_BACKLOG] if backlog else [])]
+    return path + ("&" if "?" in path else "?") + "&".join(f"name[]={n}" for n in names)
+
+
+def scrape_metrics(host: str, port: int, timeout: float, path: str = "/metrics") -> str | None:
+    """``GET path`` (``/metrics``) from a replica or the worker straight (never through nginx,
+    which refuses it: a scrape without X-Forwarded-For is one the app answers); None when
+    nothing answers in ``timeout`` or the answer is not 200."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/metrics", headers={"Connection": "close"})
+        conn.request("GET", path, headers={"Connection": "close"})
         response = conn.getresponse()
         body = response.read().decode(errors="replace")
     except (OSError, http.client.HTTPException):

@@ -32,6 +32,7 @@ from taskscale.targets.telemetry import (
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
+    app_metrics_path,
     replica_reading,
     scrape_metrics,
     worker_reading,
@@ -131,9 +132,14 @@ class ComposeTelemetry(TelemetrySource):
         containers = self._current(notes)
         apps = [c for c in containers if c.service == "app"]
         worker = next((c for c in containers if c.service == "worker"), None)
-        jobs = {self._pool.submit(self._scrape, c.ip, APP_PORT): c for c in apps}
+        jobs = {
+            self._pool.submit(self._scrape, c.ip, APP_PORT, app_metrics_path(backlog=i == 0)): c
+            for i, c in enumerate(apps)
+        }
         worker_job = (
-            self._pool.submit(self._scrape, worker.ip, WORKER_PORT) if worker is not None else None
+            self._pool.submit(self._scrape, worker.ip, WORKER_PORT, "/metrics")
+            if worker is not None
+            else None
         )
         standbys = self._lags(containers, notes)
         cpu = self._cpu(containers, notes)
@@ -199,8 +205,8 @@ class ComposeTelemetry(TelemetrySource):
         return containers
 
     @staticmethod
-    def _scrape(ip: str | None, port: int) -> str | None:
-        return scrape_metrics(ip, port, SCRAPE_TIMEOUT_S) if ip is not None else None
+    def _scrape(ip: str | None, port: int, path: str) -> str | None:
+        return scrape_metrics(ip, port, SCRAPE_TIMEOUT_S, path) if ip is not None else None
 
     # ------------------------------------------------------------------ PostgreSQL
 

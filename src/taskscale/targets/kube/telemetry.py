@@ -40,6 +40,7 @@ from taskscale.targets.telemetry import (
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
+    app_metrics_path,
     replica_reading,
     worker_reading,
 )
@@ -110,6 +111,7 @@ class _Scraper:
         self.pod = pod
         self.port = port
         self.path = path
+        self.shown = path.partition("?")[0]  # in messages: the route, not the series asked
         self._conn: http.client.HTTPConnection | None = None
         self._tunnel: Tunnel | None = None
 
@@ -124,7 +126,7 @@ class _Scraper:
             if reused and not isinstance(exc, TimeoutError):
                 return self.get()  # the kept connection went stale (the pod closed it)
             reason = (said or "").strip() or str(exc) or type(exc).__name__
-            raise TargetError(f"{self.pod} did not answer {self.path}: {reason}") from exc
+            raise TargetError(f"{self.pod} did not answer {self.shown}: {reason}") from exc
 
     def _get(self) -> str:
         if self._conn is None:
@@ -140,7 +142,7 @@ class _Scraper:
         if response.will_close:
             self.close()
         if response.status != 200:
-            raise TargetError(f"{self.pod} answered {self.path} with HTTP {response.status}")
+            raise TargetError(f"{self.pod} answered {self.shown} with HTTP {response.status}")
         return body.decode(errors="replace")
 
     def close(self) -> None:
@@ -266,7 +268,10 @@ class KubeTelemetry(TelemetrySource):
             if endpoint is None:
                 notes.append(f"{name} declares no port to read /metrics on")
                 return None
-            scraper = self._scrapers[name] = _Scraper(self.ns, name, *endpoint)
+            port, path = endpoint
+            if _labels(pod).get(NAME_LABEL) == "app":  # the series it reads, by name
+                path = app_metrics_path(backlog=True, path=path)
+            scraper = self._scrapers[name] = _Scraper(self.ns, name, port, path)
         job = self._busy[name] = self._pool.submit(scraper.get)
         return job
 

@@ -1,7 +1,8 @@
 """Telemetry of the local stack: what each process reports, read from this machine.
 
 - Each app replica's ``/metrics`` on its own port (nginx refuses ``/metrics``; a scrape from
-  loopback carries no X-Forwarded-For, so the replica answers), in parallel, 0.5 s each.
+  loopback carries no X-Forwarded-For, so the replica answers), in parallel, 0.5 s each, asking
+  by name for the series it reads (``app_metrics_path``).
 - The worker's ``/metrics`` when it serves one (its port from the service record).
 - ``pg_stat_replication`` on the primary over one kept superuser connection (unix socket):
   lag per standby in bytes and seconds, by node name (each standby's application_name).
@@ -9,12 +10,14 @@
   backends, nginx's workers), percent of one core since the last sample.
 
 Nothing here goes through nginx, so a load test's request count still equals nginx's access
-log. One sample costs a few milliseconds of this process's CPU plus one small query per
-replica per second (the app's backlog gauge).
+log. One sample costs a few milliseconds of this process's CPU, a narrow scrape per replica
+and the worker's, and two small outbox queries (one replica's backlog gauge, the worker's);
+bench/drill.py measures it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -30,6 +33,7 @@ from taskscale.targets.telemetry import (
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
+    app_metrics_path,
     replica_reading,
     scrape_metrics,
     worker_reading,
@@ -39,8 +43,32 @@ if TYPE_CHECKING:
     from taskscale.config import Project
 
 SCRAPE_TIMEOUT_S = 0.5
+_PROC = os.path.exists("/proc/self/stat")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _PROC else 100
 TREE_REFRESH_S = 5.0
 PG_TIMEOUT_MS = 500
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (one read of /proc/PID/stat; psutil where
+    there is no /proc); None when it is gone."""
+    if not _PROC:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(times.user + times.system)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    # After "pid (comm) ": state is field 0, utime field 11, stime field 12 (proc(5)).
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
 
 
 class LocalTelemetry(TelemetrySource):
@@ -50,7 +78,8 @@ class LocalTelemetry(TelemetrySource):
         self.nodes = nodes
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="telemetry")
         self._senders = PrimarySenders(PG_TIMEOUT_MS)
-        self._trees: dict[str, list[psutil.Process]] = {}
+        self._trees: dict[str, list[int]] = {}  # service -> pids of its process tree
+        self._cpu_seen: dict[int, tuple[float, float]] = {}  # pid -> (CPU seconds, when)
         self._roots: dict[str, int] = {}
         self._trees_at = 0.0
 
@@ -61,9 +90,13 @@ class LocalTelemetry(TelemetrySource):
         notes: list[str] = []
         apps = sorted((r for r in live if r.kind == "app"), key=lambda r: (r.name, r.started_at))
         worker = next((r for r in live if r.kind == "worker"), None)
-        jobs = {self._pool.submit(self._scrape, r.port): r for r in apps if r.port is not None}
+        ports = [(r, r.port) for r in apps if r.port is not None]
+        jobs = {
+            self._pool.submit(self._scrape, port, app_metrics_path(backlog=i == 0)): r
+            for i, (r, port) in enumerate(ports)
+        }
         worker_job = (
-            self._pool.submit(self._scrape, worker.port)
+            self._pool.submit(self._scrape, worker.port, "/metrics")
             if worker is not None and worker.port is not None
             else None
         )
@@ -88,8 +121,8 @@ class LocalTelemetry(TelemetrySource):
         )
 
     @staticmethod
-    def _scrape(port: int) -> str | None:
-        return scrape_metrics("127.0.0.1", port, SCRAPE_TIMEOUT_S)
+    def _scrape(port: int, path: str) -> str | None:
+        return scrape_metrics("127.0.0.1", port, SCRAPE_TIMEOUT_S, path)
 
     # ------------------------------------------------------------------ PostgreSQL
 
@@ -110,28 +143,34 @@ class LocalTelemetry(TelemetrySource):
 
         Finding children means reading every process's parent on the system (~20 ms), so the
         trees are found again only every ``TREE_REFRESH_S`` or when a service's pid changed;
-        in between, each known process costs one read of its /proc stat file."""
+        in between, each known process costs one read of its /proc stat file (``cpu_seconds``:
+        a sample reads every PostgreSQL backend, and psutil's per-process reading costs about
+        four times as much). A process seen for the first time only primes the next sample."""
         roots = {record.name: record.pid for record in records}
         now = time.monotonic()
         if roots != self._roots or now - self._trees_at > TREE_REFRESH_S:
             self._refresh_trees(roots)
             self._trees_at = now
         usage: dict[str, float] = {}
-        for name, tree in self._trees.items():
+        seen: dict[int, tuple[float, float]] = {}
+        for name, pids in self._trees.items():
             total = 0.0
-            for process in tree:
-                try:
-                    total += process.cpu_percent(None)
-                except psutil.Error:
+            for pid in pids:
+                used = cpu_seconds(pid)
+                if used is None:
                     continue
+                seen[pid] = (used, now)
+                before = self._cpu_seen.get(pid)
+                if before is not None and now > before[1] and used >= before[0]:
+                    total += 100.0 * (used - before[0]) / (now - before[1])
             usage[name] = round(total, 1)
+        self._cpu_seen = seen
         return usage
 
     def _refresh_trees(self, roots: dict[str, int]) -> None:
         children: dict[int, list[int]] = {}
         for process in psutil.process_iter(["ppid"]):
             children.setdefault(process.info["ppid"], []).append(process.pid)
-        known = {p.pid: p for tree in self._trees.values() for p in tree}
         self._trees = {}
         for name, root in roots.items():
             pids, queue = [], [root]
@@ -139,17 +178,7 @@ class LocalTelemetry(TelemetrySource):
                 pid = queue.pop()
                 pids.append(pid)
                 queue.extend(children.get(pid, []))
-            tree = []
-            for pid in pids:
-                found = known.get(pid)
-                if found is None:
-                    try:
-                        found = psutil.Process(pid)
-                        found.cpu_percent(None)  # the first reading primes the next one
-                    except psutil.Error:
-                        continue
-                tree.append(found)
-            self._trees[name] = tree
+            self._trees[name] = pids
         self._roots = dict(roots)
 
     def close(self) -> None:

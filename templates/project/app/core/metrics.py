@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,9 +31,22 @@ class CacheCounters:
     miss: Any
 
 
+def new_registry() -> CollectorRegistry:
+    # Collectors without names (``Snapshot``: its series are known only at scrape time) take
+    # part in a ``name[]`` scrape too.
+    return CollectorRegistry(auto_describe=True, support_collectors_without_names=True)
+
+
+def exposition(registry: CollectorRegistry, names: list[str]) -> bytes:
+    """Prometheus text of ``registry``; with ``names`` (``/metrics?name[]=http_requests_total``,
+    repeatable: the parameter prometheus_client's own exporters take) only those samples, and
+    the collectors that cannot have one of them (the latency histograms) are not even asked."""
+    return generate_latest(registry.restricted_registry(names) if names else registry)
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         self.requests = Counter(
             "http_requests_total",
             "HTTP requests by method, route template and status code.",

@@ -16,6 +16,9 @@ monitor (app/core/db.py, no I/O here), Redis and the broker are pinged with a sh
 ``/metrics`` is for Prometheus scraping a replica directly. It answers 404 to anything that came
 through the load balancer (nginx and the ingress set X-Forwarded-For, overwriting what a client
 sent), so the public port never serves it; the nginx configs also refuse it themselves.
+``/metrics?name[]=SERIES`` (repeatable) returns only those series and does only the work they
+need: the dependency pings for ``dependency_up`` / ``app_degraded``, the outbox query for the
+outbox gauges. taskscale's telemetry scrapes every replica each second that way.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import contextlib
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import Services, ServicesDep
 from app.api.errors import json_response
+from app.core.metrics import exposition
 from app.outbox import outbox_stats
 
 router = APIRouter(tags=["operations"])
@@ -94,11 +98,18 @@ async def readyz(services: ServicesDep, response: Response) -> dict[str, object]
 async def metrics(request: Request, services: ServicesDep) -> Response:
     if "x-forwarded-for" in request.headers:
         return json_response(404, {"detail": "Not Found"})
+    names = request.query_params.getlist("name[]")
+
+    def asked(*series: str) -> bool:
+        return not names or any(name in names for name in series)
+
     m = services.metrics
-    m.observe_pools(services.db)
-    await health_report(services)
-    with contextlib.suppress(Exception):
-        stats = await asyncio.wait_for(outbox_stats(services.db), 2.0)
-        m.outbox_backlog.set(stats.backlog)
-        m.outbox_oldest_age.set(stats.oldest_age_seconds)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    m.observe_pools(services.db)  # no I/O
+    if asked("dependency_up", "app_degraded"):
+        await health_report(services)
+    if asked("outbox_backlog", "outbox_oldest_unpublished_age_seconds"):
+        with contextlib.suppress(Exception):
+            stats = await asyncio.wait_for(outbox_stats(services.db), 2.0)
+            m.outbox_backlog.set(stats.backlog)
+            m.outbox_oldest_age.set(stats.oldest_age_seconds)
+    return Response(exposition(m.registry, names), media_type=CONTENT_TYPE_LATEST)
