@@ -1,6 +1,7 @@
 """`taskscale drill` on the local target: measured RTO and RPO, and what telemetry costs.
 
     python bench/drill.py [--duration 24] [--users 10] [--pairs 3] [--keep DIR] [--telemetry-only]
+                          [--in-run 240] [--block 6]
 
 A fresh project runs with 2 replicas and one streaming standby on free loopback ports (its
 supervisor restarts crashed services), and every drill is the real command (`taskscale drill
@@ -19,6 +20,16 @@ supervisor restarts crashed services), and every drill is the real command (`tas
    ``--cpu-window`` seconds while the local target's telemetry is sampled once a second, minus
    the same window without sampling, as a share of the machine's cores (on a machine the load
    saturates, the throughput the sampling takes away).
+5. Telemetry cost within one run (``--in-run SECONDS``): one ``taskscale loadtest
+   --no-telemetry``, while this process samples the stack's telemetry (the same
+   ``target.telemetry().sample()`` once a second that `taskscale loadtest` runs) in alternate
+   blocks of ``--block`` seconds, in ABBA order (on off, off on, ...) so that a slow drift of
+   the machine or the database cancels out. The load's per-second throughput
+   (``report.json``'s timeline, whole seconds inside a block, its first second left out) is
+   averaged per block; each adjacent on/off pair gives one relative difference, and the cost
+   is their mean with a 95 % confidence interval (Student's t). Alternating every few seconds
+   instead of every run is what makes a 2 % budget measurable here: runs of one setting
+   spread by 10-20 %, seconds next to each other do not.
 
 Everything is stopped at the end, even on failure. One run on whatever machine this is:
 record the numbers with that caveat.
@@ -119,12 +130,95 @@ def telemetry_cost(project: Path, out: Path, args: argparse.Namespace) -> None:
                 "--users", str(args.users), "--processes", "1", "--out", str(out / f"t{i}{flag}"),
             )  # fmt: skip
             rates[telemetry].append(float(report["total"]["rps"]))
+    if not args.pairs:
+        sampling_cpu(project, args.cpu_window)
+        return
     with_t, without = statistics.median(rates[True]), statistics.median(rates[False])
     print("\n== telemetry cost (generator req/s, alternating runs)")
     print(f"with telemetry:    {rates[True]} (median {with_t:.1f})")
     print(f"without telemetry: {rates[False]} (median {without:.1f})")
     print(f"with / without: {with_t / without:.3f} (cost {100 * (1 - with_t / without):+.1f} %)")
     sampling_cpu(project, args.cpu_window)
+
+
+# Student's t, two-sided 95 %, by degrees of freedom (1.96 beyond the table).
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+T95 |= {11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11, 18: 2.10}
+T95 |= {19: 2.09, 20: 2.09, 25: 2.06, 30: 2.04, 40: 2.02, 60: 2.00}
+WARMUP_S = 10.0  # users spawn and the hot set is created: left out of the comparison
+
+
+def _t95(df: int) -> float:
+    return next((T95[k] for k in sorted(T95) if k >= df), 1.96)
+
+
+def telemetry_cost_in_run(project: Path, out: Path, args: argparse.Namespace) -> None:
+    run = out / "in-run"
+    argv = [
+        # No --json: the report is read from --out, and a large stdout would fill the pipe
+        # this process reads only at the end.
+        sys.executable, "-m", "taskscale", "loadtest", "--no-telemetry",
+        "--duration", f"{args.in_run}s", "--users", str(args.users), "--processes", "1",
+        "--out", str(run), "--project", str(project),
+    ]  # fmt: skip
+    source = LocalTarget(load_project(project)).telemetry()
+    blocks: list[tuple[float, float, bool]] = []  # (start, end, sampled), epoch seconds
+    samples = 0
+    try:
+        with proc.start(argv, timeout=args.in_run + COMMAND_TIMEOUT) as load:
+            source.sample()  # primes CPU readings and the PostgreSQL connection
+            time.sleep(WARMUP_S)
+            order = (True, False, False, True)
+            while load.running():
+                sampling = order[len(blocks) % len(order)]
+                start = time.time()
+                for second in range(args.block):
+                    if not load.running():
+                        break
+                    if sampling:
+                        source.sample()
+                        samples += 1
+                    time.sleep(max(0.0, start + second + 1 - time.time()))
+                blocks.append((start, time.time(), sampling))
+            load.finish("", check=False)
+    finally:
+        source.close()
+    report = json.loads((run / "report.json").read_text())
+    origin = float(report["origin_epoch"])
+    rates = {int(point["t"]): float(point["rps"]) for point in report["timeline"]}
+    means: list[float | None] = []  # per block, in order (None: no whole second inside)
+    for start, end, _ in blocks:
+        # Whole seconds of the timeline inside the block, without its first.
+        inside = [
+            rate
+            for t, rate in rates.items()
+            if origin + t >= start + 1.0 and origin + t + 1.0 <= end and t >= WARMUP_S
+        ]
+        means.append(statistics.fmean(inside) if inside else None)
+    diffs = []
+    for i in range(0, len(blocks) - 1, 2):  # blocks 2k and 2k+1: one sampled, one not
+        a, b = means[i], means[i + 1]
+        if a is not None and b is not None:
+            on, off = (a, b) if blocks[i][2] else (b, a)
+            diffs.append((on - off) / off)
+    print(f"\n== telemetry cost within one run ({args.in_run} s, blocks of {args.block} s)")
+    on_rates = [m for m, b in zip(means, blocks, strict=True) if m is not None and b[2]]
+    off_rates = [m for m, b in zip(means, blocks, strict=True) if m is not None and not b[2]]
+    print(
+        f"blocks: {len(on_rates)} sampled (mean {statistics.fmean(on_rates or [0]):.1f} req/s), "
+        f"{len(off_rates)} not (mean {statistics.fmean(off_rates or [0]):.1f} req/s); "
+        f"{samples} samples"
+    )
+    if len(diffs) < 2:
+        print("too few block pairs for an estimate: give --in-run more seconds")
+        return
+    cost = -100 * statistics.fmean(diffs)
+    half = 100 * _t95(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    print(
+        f"cost: {cost:+.2f} % of the generator's throughput (95 % CI {cost - half:+.2f} .. "
+        f"{cost + half:+.2f} %, {len(diffs)} pairs; per pair: "
+        f"{', '.join(f'{-100 * d:+.1f}' for d in diffs)})"
+    )
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -147,34 +241,42 @@ def _stack_processes(target: LocalTarget) -> list[psutil.Process]:
     return found
 
 
-def sampling_cpu(project: Path, window: int) -> None:
+def sampling_cpu(project: Path, window: int, rounds: int = 4) -> None:
     """CPU the stack and the sampler use in ``window`` seconds with one telemetry sample a
-    second, minus the same window without sampling (the idle stack's own background work)."""
+    second, minus a window without sampling next to it (the idle stack's own background work:
+    autovacuum, checkpoints, the worker's polling), ``rounds`` pairs in ABBA order."""
     target = LocalTarget(load_project(project))
     source = target.telemetry()
+    per_sample: list[float] = []
+    used: dict[bool, list[float]] = {True: [], False: []}
     try:
         source.sample()  # primes CPU readings and the PostgreSQL connection
-        used: dict[bool, float] = {}
-        sampled = 0
-        for sampling in (False, True):
-            processes = _stack_processes(target)
-            before = _cpu_seconds(processes)
-            start = time.monotonic()
-            for second in range(window):  # one sample at the start of each second
-                if sampling:
-                    source.sample()
-                    sampled += 1
-                time.sleep(max(0.0, start + second + 1 - time.monotonic()))
-            used[sampling] = _cpu_seconds(processes) - before
+        for i in range(rounds):
+            pair: dict[bool, float] = {}
+            for sampling in (False, True) if i % 2 == 0 else (True, False):
+                processes = _stack_processes(target)
+                before = _cpu_seconds(processes)
+                start = time.monotonic()
+                for second in range(window):  # one sample at the start of each second
+                    if sampling:
+                        source.sample()
+                    time.sleep(max(0.0, start + second + 1 - time.monotonic()))
+                pair[sampling] = _cpu_seconds(processes) - before
+                used[sampling].append(pair[sampling])
+            per_sample.append((pair[True] - pair[False]) / window)
     finally:
         source.close()
     cores = psutil.cpu_count() or 1
-    cost = (used[True] - used[False]) / (window * cores)
-    print(f"\n== telemetry cost, CPU accounting ({window} s windows, {sampled} samples)")
-    print(f"stack + sampler CPU without sampling: {used[False]:.2f} s, with: {used[True]:.2f} s")
+    cost = statistics.median(per_sample)
+    print(f"\n== telemetry cost, CPU accounting ({rounds} pairs of {window} s windows)")
     print(
-        f"per sample: {1000 * (used[True] - used[False]) / max(sampled, 1):.1f} ms of CPU; "
-        f"{100 * cost:.2f} % of {cores} cores"
+        f"stack + sampler CPU per window without sampling: {[round(u, 2) for u in used[False]]}"
+        f" s, with: {[round(u, 2) for u in used[True]]} s"
+    )
+    print(
+        f"per sample: {1000 * cost:.1f} ms of CPU (median; per pair "
+        f"{', '.join(f'{1000 * c:.1f}' for c in per_sample)}); "
+        f"{100 * cost / cores:.2f} % of {cores} cores"
     )
 
 
@@ -189,10 +291,16 @@ def main() -> None:
     parser.add_argument(
         "--telemetry-only", action="store_true", help="skip the drills: only the telemetry cost"
     )
+    parser.add_argument(
+        "--in-run", type=int, default=0, help="seconds of one load with telemetry alternating"
+    )
+    parser.add_argument("--block", type=int, default=6, help="seconds per block of --in-run")
     args = parser.parse_args()
     with stack(args.keep) as project:
         out = project / "bench-runs"
         cli(project, "replicate", "--replicas", "1", "--sync")
+        if args.in_run:
+            telemetry_cost_in_run(project, out, args)
         if args.telemetry_only:
             telemetry_cost(project, out, args)
             return
