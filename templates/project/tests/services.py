@@ -384,10 +384,15 @@ def temporary_services() -> Iterator[tuple[PostgresServer, RedisServer]]:
         redis_server.start()
         yield pg, redis_server
     finally:
-        redis_server.stop()
-        if pg is not None:
-            pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        # Each server is stopped even when stopping the other failed (nothing left running).
+        try:
+            redis_server.stop()
+        finally:
+            try:
+                if pg is not None:
+                    pg.stop()
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
