@@ -279,12 +279,41 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] not in {"Z", "X"}
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after ``pid (comm)``: state is [0], utime [11], stime [12]
+    (proc(5)); None without /proc or when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
+            fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
-    return state not in {"Z", "X"}
+        return None
+    return fields or None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used: one read of /proc/PID/stat (a telemetry
+    sample reads every process of the stack each second; psutil's per-process reading costs
+    about four times as much), psutil where there is no /proc; None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is not None:
+        try:
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (IndexError, ValueError):
+            return None
+    import psutil  # not at import time: the CLI starts without it
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
 
 
 def terminate(pid: int, *, timeout: float, sig: int = signal.SIGTERM) -> bool:

@@ -9,7 +9,7 @@ import time
 import psutil
 
 from taskscale import proc
-from taskscale.targets.local.telemetry import cpu_seconds
+from taskscale.proc import cpu_seconds
 from taskscale.targets.telemetry import (
     APP_READ,
     OUTBOX_BACKLOG,

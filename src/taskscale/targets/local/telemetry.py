@@ -6,8 +6,9 @@
 - The worker's ``/metrics`` when it serves one (its port from the service record).
 - ``pg_stat_replication`` on the primary over one kept superuser connection (unix socket):
   lag per standby in bytes and seconds, by node name (each standby's application_name).
-- CPU per service from ``psutil``: the service's process and its children (PostgreSQL's
-  backends, nginx's workers), percent of one core since the last sample.
+- CPU per service: the service's process and its children (PostgreSQL's backends, nginx's
+  workers; psutil finds the trees), each read from /proc (``proc.cpu_seconds``), percent of
+  one core since the last sample.
 
 Nothing here goes through nginx, so a load test's request count still equals nginx's access
 log. One sample costs a few milliseconds of this process's CPU, a narrow scrape per replica
@@ -17,13 +18,13 @@ bench/drill.py measures it.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import psutil
 
+from taskscale.proc import cpu_seconds
 from taskscale.targets.capabilities import TelemetrySource
 from taskscale.targets.local.state import ServiceRecord
 from taskscale.targets.local.supervisor import Supervisor
@@ -43,32 +44,8 @@ if TYPE_CHECKING:
     from taskscale.config import Project
 
 SCRAPE_TIMEOUT_S = 0.5
-_PROC = os.path.exists("/proc/self/stat")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _PROC else 100
 TREE_REFRESH_S = 5.0
 PG_TIMEOUT_MS = 500
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds ``pid`` has used (one read of /proc/PID/stat; psutil where
-    there is no /proc); None when it is gone."""
-    if not _PROC:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            return None
-        return float(times.user + times.system)
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return None
-    # After "pid (comm) ": state is field 0, utime field 11, stime field 12 (proc(5)).
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    except (IndexError, ValueError):
-        return None
 
 
 class LocalTelemetry(TelemetrySource):
@@ -143,9 +120,9 @@ class LocalTelemetry(TelemetrySource):
 
         Finding children means reading every process's parent on the system (~20 ms), so the
         trees are found again only every ``TREE_REFRESH_S`` or when a service's pid changed;
-        in between, each known process costs one read of its /proc stat file (``cpu_seconds``:
-        a sample reads every PostgreSQL backend, and psutil's per-process reading costs about
-        four times as much). A process seen for the first time only primes the next sample."""
+        in between, each known process costs one read of its /proc stat file
+        (``proc.cpu_seconds``). A process seen for the first time only primes the next
+        sample."""
         roots = {record.name: record.pid for record in records}
         now = time.monotonic()
         if roots != self._roots or now - self._trees_at > TREE_REFRESH_S:
