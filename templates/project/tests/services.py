@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,7 @@ class RedisServer:
     # A port from free_port() may be taken by another process before redis-server binds it;
     # on the first start such a server moves to another free port (nobody knows its URL yet).
     fixed_port: bool = False
-    started: bool = False
+    started: bool = field(default=False, init=False)
 
     @property
     def url(self) -> str:
@@ -308,6 +308,8 @@ class RedisServer:
         return False
 
     def stop(self) -> None:
+        if self.process is None:
+            return  # not running (never started, or killed): nothing holds its port
         _stop(self.process)
         self.process = None
         wait_until(lambda: not port_open(self.port), 10, "redis shutdown")
@@ -377,22 +379,15 @@ def tansu_binary() -> Path:
 def temporary_services() -> Iterator[tuple[PostgresServer, RedisServer]]:
     root = Path(tempfile.mkdtemp(prefix="tasks-test-"))
     os.chmod(root, 0o755)
-    pg: PostgresServer | None = None
-    redis_server = RedisServer(workdir=root, port=free_port())
-    try:
+    # Undone in reverse order, each even when an earlier one failed (nothing left running).
+    with contextlib.ExitStack() as undo:
+        undo.callback(shutil.rmtree, root, ignore_errors=True)
         pg = start_postgres(root)
+        undo.callback(pg.stop)
+        redis_server = RedisServer(workdir=root, port=free_port())
+        undo.callback(redis_server.stop)
         redis_server.start()
         yield pg, redis_server
-    finally:
-        # Each server is stopped even when stopping the other failed (nothing left running).
-        try:
-            redis_server.stop()
-        finally:
-            try:
-                if pg is not None:
-                    pg.stop()
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
