@@ -167,7 +167,7 @@ def telemetry_cost_in_run(project: Path, out: Path, args: argparse.Namespace) ->
     try:
         with proc.start(argv, timeout=args.in_run + COMMAND_TIMEOUT) as load:
             source.sample()  # primes CPU readings and the PostgreSQL connection
-            time.sleep(WARMUP_S)
+            # Blocks start at once; those inside the load's first WARMUP_S are left out below.
             order = (True, False, False, True)
             while load.running():
                 sampling = order[len(blocks) % len(order)]
