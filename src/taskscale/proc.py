@@ -287,11 +287,40 @@ def _stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after ``pid (comm)``: state is [0], utime [11], stime [12]
     (proc(5)); None without /proc or when the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
+        # os.read rather than open(): half the cost, and telemetry reads every process of the
+        # stack each second.
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = data.rsplit(b")", 1)[1].decode("ascii", "replace").split()
     except (OSError, IndexError):
         return None
     return fields or None
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process on the machine by its parent's pid: one read of /proc/PID/stat each (a
+    third of what psutil's ``process_iter`` costs), psutil where there is no /proc."""
+    found: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        names = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is not None and len(fields) > 1 and fields[1].isdigit():
+            found.setdefault(int(fields[1]), []).append(int(name))
+    if found:
+        return found
+    import psutil  # not at import time: the CLI starts without it
+
+    for process in psutil.process_iter(["ppid"]):
+        found.setdefault(process.info["ppid"], []).append(process.pid)
+    return found
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -36,8 +36,8 @@ APP_SERIES = (HTTP_REQUESTS + "{", CACHE_REQUESTS + "{", POOL_IN_USE + "{", OUTB
 # A replica is asked for these by name: the generated /metrics answers ``?name[]=`` with only
 # them and skips the work of the rest (its dependency pings, the latency histograms); a project
 # generated before that ignores the parameter and sends everything, which reads the same. The
-# outbox backlog is one table for every replica, so only one of them is asked for it (and only
-# read when the worker, which reports it too, does not answer).
+# outbox backlog is one table for every replica and the worker, so one replica is asked for it
+# only while the worker does not report it (``replica_backlog_wanted``).
 APP_READ = (HTTP_REQUESTS, CACHE_REQUESTS, POOL_IN_USE)
 # The worker's series (the generated app/worker.py, WorkerState.families), by WorkerReading field.
 WORKER_SERIES: dict[str, str] = {
@@ -172,6 +172,13 @@ def app_metrics_path(*, backlog: bool, path: str = "/metrics") -> str:
     the outbox backlog when ``backlog``)."""
     names = [*APP_READ, *([OUTBOX_BACKLOG] if backlog else [])]
     return path + ("&" if "?" in path else "?") + "&".join(f"name[]={n}" for n in names)
+
+
+def replica_backlog_wanted(last_worker: WorkerReading | None) -> bool:
+    """Whether to ask one replica for the outbox backlog this sample: only when the worker's
+    previous reading had none (no worker /metrics, or it did not answer), since counting the
+    outbox costs a query on the primary each time it is asked."""
+    return last_worker is None or last_worker.outbox_backlog is None
 
 
 def scrape_metrics(host: str, port: int, timeout: float, path: str = "/metrics") -> str | None:

@@ -32,7 +32,9 @@ from taskscale.targets.telemetry import (
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
+    WorkerReading,
     app_metrics_path,
+    replica_backlog_wanted,
     replica_reading,
     scrape_metrics,
     worker_reading,
@@ -125,6 +127,7 @@ class ComposeTelemetry(TelemetrySource):
         self._found_at = 0.0
         self._cpu_last: dict[str, tuple[float, float]] = {}  # name -> (monotonic, cpu seconds)
         self._senders = PrimarySenders(PG_TIMEOUT_MS)
+        self._last_worker: WorkerReading | None = None
 
     def sample(self) -> TelemetrySample:
         at = time.time()
@@ -132,9 +135,11 @@ class ComposeTelemetry(TelemetrySource):
         containers = self._current(notes)
         apps = [c for c in containers if c.service == "app"]
         worker = next((c for c in containers if c.service == "worker"), None)
+        backlog = replica_backlog_wanted(self._last_worker)
+        paths = [app_metrics_path(backlog=backlog and i == 0) for i in range(len(apps))]
         jobs = {
-            self._pool.submit(self._scrape, c.ip, APP_PORT, app_metrics_path(backlog=i == 0)): c
-            for i, c in enumerate(apps)
+            self._pool.submit(self._scrape, c.ip, APP_PORT, path): c
+            for c, path in zip(apps, paths, strict=True)
         }
         worker_job = (
             self._pool.submit(self._scrape, worker.ip, WORKER_PORT, "/metrics")
@@ -158,11 +163,12 @@ class ComposeTelemetry(TelemetrySource):
             notes.append(f"{worker.name} did not answer /metrics at {worker.ip}")
         if missed:
             self._found_at = 0.0  # a container may have a new address: look again next time
+        self._last_worker = worker_reading(worker_text) if worker_text is not None else None
         return TelemetrySample(
             at=at,
             replicas=replicas,
             standbys=standbys,
-            worker=worker_reading(worker_text) if worker_text is not None else None,
+            worker=self._last_worker,
             cpu_percent=cpu,
             notes=notes,
         )

@@ -8,7 +8,9 @@
   carries it (proxied requests come from the load balancer). A tunnel carries the request's
   bytes unchanged, so the app sees a local scrape. An app pod's tunnel is kept between samples
   (HTTP keep-alive: one websocket per pod for the whole run); the worker's small server closes
-  every connection, so its tunnel is opened each sample.
+  every connection, so its tunnel is opened each sample. App pods are asked by name for the
+  series read; the first is asked for the outbox backlog only while the worker does not
+  report it (``replica_backlog_wanted``: counting the outbox is a query on the primary).
 - Replication lag per standby from the primary pod's ``pg_stat_replication`` through pod exec
   (the query ``replicate status`` runs, ``kube/replication.py``), every ``LAG_EVERY_S`` in the
   background: an exec starts a process in the pod, too costly each second. Samples in between
@@ -40,7 +42,9 @@ from taskscale.targets.telemetry import (
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
+    WorkerReading,
     app_metrics_path,
+    replica_backlog_wanted,
     replica_reading,
     worker_reading,
 )
@@ -115,20 +119,21 @@ class _Scraper:
         self._conn: http.client.HTTPConnection | None = None
         self._tunnel: Tunnel | None = None
 
-    def get(self) -> str:
-        """The /metrics text; TargetError (one line) when it cannot be read."""
+    def get(self, path: str | None = None) -> str:
+        """The /metrics text (at ``path``, the pod's own path with a query, when given);
+        TargetError (one line) when it cannot be read."""
         reused = self._conn is not None
         try:
-            return self._get()
+            return self._get(path or self.path)
         except (OSError, http.client.HTTPException) as exc:
             said = self._tunnel.error() if self._tunnel is not None else None
             self.close()
             if reused and not isinstance(exc, TimeoutError):
-                return self.get()  # the kept connection went stale (the pod closed it)
+                return self.get(path)  # the kept connection went stale (the pod closed it)
             reason = (said or "").strip() or str(exc) or type(exc).__name__
             raise TargetError(f"{self.pod} did not answer {self.shown}: {reason}") from exc
 
-    def _get(self) -> str:
+    def _get(self, path: str) -> str:
         if self._conn is None:
             self._tunnel = self.ns.api.port_forward(
                 self.ns.name, self.pod, self.port, timeout=SCRAPE_TIMEOUT_S
@@ -136,7 +141,7 @@ class _Scraper:
             conn = http.client.HTTPConnection("localhost", self.port, timeout=SCRAPE_TIMEOUT_S)
             conn.sock = self._tunnel.sock
             self._conn = conn
-        self._conn.request("GET", self.path, headers={"Accept": "text/plain"})
+        self._conn.request("GET", path, headers={"Accept": "text/plain"})
         response = self._conn.getresponse()
         body = response.read()
         if response.will_close:
@@ -172,6 +177,7 @@ class KubeTelemetry(TelemetrySource):
         self._metrics_missing_at = float("-inf")
         self._window: str | None = None
         self._lag_reads = 0
+        self._last_worker: WorkerReading | None = None
 
     @property
     def ns(self) -> Namespace:
@@ -195,7 +201,11 @@ class KubeTelemetry(TelemetrySource):
         workers = [p for p in by_kind.get("worker", []) if _ready(p)]
         self._forget({_name(p) for p in [*apps, *workers[:1]]})
         cpu_job = self._pool.submit(self._cpu) if self._metrics_due() else None
-        jobs = {_name(p): self._scrape(p, notes) for p in [*apps, *workers[:1]]}
+        backlog = replica_backlog_wanted(self._last_worker)
+        jobs = {
+            _name(p): self._scrape(p, notes, backlog=backlog and i == 0)
+            for i, p in enumerate([*apps, *workers[:1]])
+        }
         self._refresh_lag(by_kind.get("postgres", []))
         pending: list[Future[Any]] = [j for j in jobs.values() if j is not None]
         if cpu_job is not None:
@@ -232,11 +242,12 @@ class KubeTelemetry(TelemetrySource):
             standbys = list(self._lag)
             if self._lag_note:
                 notes.append(self._lag_note)
+        self._last_worker = worker_reading(worker_text) if worker_text is not None else None
         return TelemetrySample(
             at=at,
             replicas=replicas,
             standbys=standbys,
-            worker=worker_reading(worker_text) if worker_text is not None else None,
+            worker=self._last_worker,
             cpu_percent=cpu,
             notes=notes,
         )
@@ -256,7 +267,11 @@ class KubeTelemetry(TelemetrySource):
 
     # ------------------------------------------------------------------ /metrics
 
-    def _scrape(self, pod: dict[str, Any], notes: list[str]) -> Future[str] | None:
+    def _scrape(
+        self, pod: dict[str, Any], notes: list[str], *, backlog: bool = False
+    ) -> Future[str] | None:
+        """Ask ``pod`` for its /metrics on a pool thread (an app pod by name for the series
+        read, and the outbox backlog when ``backlog``)."""
         name = _name(pod)
         busy = self._busy.get(name)
         if busy is not None and not busy.done():
@@ -269,10 +284,11 @@ class KubeTelemetry(TelemetrySource):
                 notes.append(f"{name} declares no port to read /metrics on")
                 return None
             port, path = endpoint
-            if _labels(pod).get(NAME_LABEL) == "app":  # the series it reads, by name
-                path = app_metrics_path(backlog=True, path=path)
             scraper = self._scrapers[name] = _Scraper(self.ns, name, port, path)
-        job = self._busy[name] = self._pool.submit(scraper.get)
+        asked: str | None = None
+        if _labels(pod).get(NAME_LABEL) == "app":  # the series it reads, by name
+            asked = app_metrics_path(backlog=backlog, path=scraper.path)
+        job = self._busy[name] = self._pool.submit(scraper.get, asked)
         return job
 
     def _forget(self, live: set[str]) -> None:

@@ -7,13 +7,13 @@
 - ``pg_stat_replication`` on the primary over one kept superuser connection (unix socket):
   lag per standby in bytes and seconds, by node name (each standby's application_name).
 - CPU per service: the service's process and its children (PostgreSQL's backends, nginx's
-  workers; psutil finds the trees), each read from /proc (``proc.cpu_seconds``), percent of
-  one core since the last sample.
+  workers; found from every process's parent in /proc, ``proc.children_by_parent``), each
+  read from /proc (``proc.cpu_seconds``), percent of one core since the last sample.
 
 Nothing here goes through nginx, so a load test's request count still equals nginx's access
 log. One sample costs a few milliseconds of this process's CPU, a narrow scrape per replica
-and the worker's, and two small outbox queries (one replica's backlog gauge, the worker's);
-bench/drill.py measures it.
+and the worker's, and one small outbox query (the worker's; a replica is asked for the backlog
+only while the worker does not report it); bench/drill.py measures it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import psutil
-
-from taskscale.proc import cpu_seconds
+from taskscale.proc import children_by_parent, cpu_seconds
 from taskscale.targets.capabilities import TelemetrySource
 from taskscale.targets.local.state import ServiceRecord
 from taskscale.targets.local.supervisor import Supervisor
@@ -34,7 +32,9 @@ from taskscale.targets.telemetry import (
     ReplicaReading,
     StandbyLag,
     TelemetrySample,
+    WorkerReading,
     app_metrics_path,
+    replica_backlog_wanted,
     replica_reading,
     scrape_metrics,
     worker_reading,
@@ -55,6 +55,7 @@ class LocalTelemetry(TelemetrySource):
         self.nodes = nodes
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="telemetry")
         self._senders = PrimarySenders(PG_TIMEOUT_MS)
+        self._last_worker: WorkerReading | None = None
         self._trees: dict[str, list[int]] = {}  # service -> pids of its process tree
         self._cpu_seen: dict[int, tuple[float, float]] = {}  # pid -> (CPU seconds, when)
         self._roots: dict[str, int] = {}
@@ -68,8 +69,9 @@ class LocalTelemetry(TelemetrySource):
         apps = sorted((r for r in live if r.kind == "app"), key=lambda r: (r.name, r.started_at))
         worker = next((r for r in live if r.kind == "worker"), None)
         ports = [(r, r.port) for r in apps if r.port is not None]
+        backlog = replica_backlog_wanted(self._last_worker)
         jobs = {
-            self._pool.submit(self._scrape, port, app_metrics_path(backlog=i == 0)): r
+            self._pool.submit(self._scrape, port, app_metrics_path(backlog=backlog and i == 0)): r
             for i, (r, port) in enumerate(ports)
         }
         worker_job = (
@@ -88,11 +90,12 @@ class LocalTelemetry(TelemetrySource):
                 continue
             replicas.append(replica_reading(f"{prefix}-{record.name}", text))
         worker_text = worker_job.result() if worker_job is not None else None
+        self._last_worker = worker_reading(worker_text) if worker_text is not None else None
         return TelemetrySample(
             at=at,
             replicas=replicas,
             standbys=standbys,
-            worker=worker_reading(worker_text) if worker_text is not None else None,
+            worker=self._last_worker,
             cpu_percent=cpu,
             notes=notes,
         )
@@ -118,7 +121,7 @@ class LocalTelemetry(TelemetrySource):
     def _cpu(self, records: list[ServiceRecord]) -> dict[str, float]:
         """Percent of one core per service since the previous sample (its process tree).
 
-        Finding children means reading every process's parent on the system (~20 ms), so the
+        Finding children means reading every process's parent on the system (~5 ms), so the
         trees are found again only every ``TREE_REFRESH_S`` or when a service's pid changed;
         in between, each known process costs one read of its /proc stat file
         (``proc.cpu_seconds``). A process seen for the first time only primes the next
@@ -145,9 +148,7 @@ class LocalTelemetry(TelemetrySource):
         return usage
 
     def _refresh_trees(self, roots: dict[str, int]) -> None:
-        children: dict[int, list[int]] = {}
-        for process in psutil.process_iter(["ppid"]):
-            children.setdefault(process.info["ppid"], []).append(process.pid)
+        children = children_by_parent()
         self._trees = {}
         for name, root in roots.items():
             pids, queue = [], [root]
