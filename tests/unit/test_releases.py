@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from taskscale import __version__
 from taskscale.errors import ConfigError
 from taskscale.scaffold import releases
 from taskscale.scaffold.releases import Catalog, archive_template, default_catalog, digest
@@ -43,6 +44,24 @@ def test_every_shipped_archive_renders_and_matches_its_digest() -> None:
         assert found.render({"name": "demo", "broker": "kafka"})
     live = catalog.live()
     assert catalog.candidates()[0] == live
+
+
+def test_the_live_template_is_shipped_as_an_archive_of_this_version() -> None:
+    """A project rendered by this taskscale records the live template's digest, and `taskscale
+    update` finds that template again after `templates/project` changes only in an archive: a
+    template change not archived again is caught here, not by a user whose update cannot find
+    where the project came from."""
+    catalog = default_catalog()
+    live = catalog.live()
+    shipped = catalog.find(live.digest)  # an archive first, the live tree only failing that
+    assert shipped is not None and shipped.archive is not None, (
+        f"templates/project ({live.label}) is not archived: run "
+        "`python -m taskscale.scaffold.archive` (and `git rm` a stale archive of the same "
+        "version that no release shipped; docs/update.md)"
+    )
+    assert shipped.version == __version__, (
+        f"templates/project is archived as {shipped.version}, not as taskscale {__version__}"
+    )
 
 
 def test_an_archive_keeps_the_context_of_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
