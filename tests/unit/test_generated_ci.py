@@ -22,7 +22,7 @@ from tests import workflow
 
 # Every step of the workflow, by job: where it can run. A step missing here fails the test.
 RUNS_HERE = {
-    "lint": {"Install the locked dependencies", "ruff", "mypy"},
+    "lint": {"Install the locked dependencies", "ruff", "ruff format", "mypy"},
     "test": {"Install the locked dependencies", "pytest"},
     "manifests": {"Install the locked validator", "Build every overlay", "Validate strictly"},
     "compose": {

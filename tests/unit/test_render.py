@@ -68,11 +68,13 @@ def test_python_compiles(rendered: Path) -> None:
         compile(path.read_text(encoding="utf-8"), str(path), "exec")
 
 
-def test_ruff_passes_on_output(rendered: Path) -> None:
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff_passes_on_output(rendered: Path, command: list[str]) -> None:
+    """Lint-clean and formatted as `ruff format` would write it (the generated CI checks both)."""
     ruff = shutil.which("ruff")
     argv = [ruff] if ruff else [sys.executable, "-m", "ruff"]
     proc = subprocess.run(
-        [*argv, "check", "--no-cache", "."],
+        [*argv, *command, "--no-cache", "."],
         cwd=rendered,
         capture_output=True,
         text=True,

@@ -199,12 +199,15 @@ def start_postgres(
         _as_unprivileged(
             [
                 str(bindir / "initdb"),
-                "-D", str(datadir),
-                "-U", "postgres",
+                "-D",
+                str(datadir),
+                "-U",
+                "postgres",
                 "--auth-host=scram-sha-256",
                 "--auth-local=trust",
                 f"--pwfile={pwfile}",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--no-sync",
             ]
         ),

@@ -31,6 +31,7 @@ def nothing_written(database_url: str) -> Iterator[None]:
     yield
     assert counts() == before
 
+
 BAD_IDS = ["abc", "0", "-1", "1.5", str(2**63), str(10**30), "1e3", "%00", "nan", "0x10"]
 
 
