@@ -104,7 +104,7 @@ class _Metrics(BaseHTTPRequestHandler):
 def _metrics_server(text: str) -> Iterator[Any]:
     server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
     server.paths, server.text = [], text
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
