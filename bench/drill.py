@@ -352,15 +352,11 @@ def main() -> None:
         out = project / "bench-runs"
         cli(project, "replicate", "--replicas", "1", "--sync")
         in_run = telemetry_cost_in_run(project, out, args) if args.in_run else None
-        if args.telemetry_only:
-            cpu = telemetry_cost(project, out, args)
-            if in_run is not None and args.rate > 1:
-                verdict(in_run, cpu)
-            return
-        show("primary-failover, --sync", drill(project, out / "sync", args, "primary-failover"))
-        cli(project, "replicate", "--async")
-        show("primary-failover, async", drill(project, out / "async", args, "primary-failover"))
-        show("replica-crash", drill(project, out / "replica", args, "replica-crash"))
+        if not args.telemetry_only:
+            show("primary-failover, --sync", drill(project, out / "sync", args, "primary-failover"))
+            cli(project, "replicate", "--async")
+            show("primary-failover, async", drill(project, out / "async", args, "primary-failover"))
+            show("replica-crash", drill(project, out / "replica", args, "replica-crash"))
         cpu = telemetry_cost(project, out, args)
         if in_run is not None and args.rate > 1:
             verdict(in_run, cpu)
